@@ -1,0 +1,104 @@
+"""Camera model: optical intensity -> normalized camera frame in [0, 1].
+
+Per pixel, with y the optical intensity times the exposure (1 = full scale), P the photo-electrons
+at full scale (full well x exposure), G the relative gain, V the vignetting/PRNU gain map:
+
+    e   = Poisson(V * y * P) + dark + N(0, read^2)        electrons
+    adu = clip(G * e / P, 0, 1) * (2^bits - 1)            rounded (straight-through in training)
+    out = adu / (2^bits - 1)
+
+so for an ideal gain the normalized output has mean y and variance  a*y + b  with a = 1/P and
+b = read^2 / P^2 (+ 1/(12 (2^bits-1)^2) from quantization), the Poisson-Gaussian model of
+Foi et al. 2008.  Noise is drawn from an explicit ``torch.Generator``; samples enter as detached
+residuals, so the gradient of the expected value flows through (straight-through estimator).
+Fields left ``None`` in the imperfections are ideal (no noise, no quantization, unit gain).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from harness.optics import Imperfections
+
+
+class CameraConfig(BaseModel):
+    """Optical-to-camera geometry and exposure; noise lives in ``Imperfections``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    exposure: float = Field(1.0, gt=0, description="intensity scale: 1 maps an input of 1 to full scale")
+    binning: int = Field(1, ge=1, description="camera pixel = binning x binning input-plane pixels")
+
+
+def _per_sample(value: torch.Tensor, ndim: int = 4) -> torch.Tensor:
+    """Reshape a (B,) parameter to broadcast over (B, k, H, W)."""
+    return value.reshape(value.shape[0], *([1] * (ndim - 1)))
+
+
+def straight_through(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Forward ``target``, backward identity with respect to ``value``."""
+    return value + (target - value).detach()
+
+
+def vignetting_map(strength: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Radial fall-off gain 1 - v (r / r_corner)^2 as (B, 1, H, W)."""
+    ys = torch.linspace(-1.0, 1.0, height, device=strength.device, dtype=strength.dtype)
+    xs = torch.linspace(-1.0, 1.0, width, device=strength.device, dtype=strength.dtype)
+    r2 = (ys[:, None] ** 2 + xs[None, :] ** 2) / 2.0  # 1 at the corners
+    return 1.0 - _per_sample(strength) * r2
+
+
+class Camera(torch.nn.Module):
+    """Sensor model applied to (B, k, H, W) optical intensities."""
+
+    def __init__(self, config: CameraConfig | None = None):
+        super().__init__()
+        self.config = config or CameraConfig()
+
+    def forward(
+        self,
+        intensity: torch.Tensor,
+        imp: Imperfections | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        y = intensity * self.config.exposure
+        if self.config.binning > 1:
+            y = torch.nn.functional.avg_pool2d(y, self.config.binning)
+        if imp is None:
+            return y.clamp(0.0, 1.0)
+
+        gain_map = None
+        if imp.vignetting is not None:
+            gain_map = vignetting_map(imp.vignetting.to(y), y.shape[-2], y.shape[-1])
+        if imp.prnu is not None:
+            prnu = imp.prnu.to(y)
+            gain_map = prnu if gain_map is None else gain_map * prnu
+        if gain_map is not None:
+            y = y * gain_map
+
+        if imp.photons is not None:
+            photons = _per_sample(imp.photons.to(y))
+            electrons = y.clamp_min(0.0) * photons
+            noisy = torch.poisson(electrons.detach(), generator=generator)
+            electrons = straight_through(electrons, noisy)
+            if imp.dark_offset is not None:
+                electrons = electrons + _per_sample(imp.dark_offset.to(y))
+            if imp.read_noise is not None:
+                read = _per_sample(imp.read_noise.to(y))
+                noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+                electrons = electrons + read * noise
+            y = electrons / photons
+        elif imp.read_noise is not None or imp.dark_offset is not None:
+            raise ValueError("read_noise/dark_offset need photons (electrons at full scale)")
+
+        if imp.gain is not None:
+            y = y * _per_sample(imp.gain.to(y))
+        y = y.clamp(0.0, 1.0)
+        if imp.bit_depth is not None:
+            levels = _per_sample(2.0 ** imp.bit_depth.to(y) - 1.0)
+            y = straight_through(y, torch.round(y * levels) / levels)
+        return y
