@@ -52,7 +52,7 @@ class OpticsConfig(BaseModel):
     camera: CameraConfig = CameraConfig()
 
     @property
-    def N(self) -> int:  # noqa: N802 - the optics symbol
+    def N(self) -> int:
         return self.pad * self.n
 
     @property
