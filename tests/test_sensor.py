@@ -1,0 +1,81 @@
+"""Camera model: Poisson-Gaussian noise, quantization, gain maps, straight-through gradients."""
+
+import pytest
+import torch
+
+from harness.optics import Imperfections
+from harness.sensor import Camera, CameraConfig
+
+
+def flat_fields(levels, size=64):
+    return torch.tensor(levels).reshape(-1, 1, 1, 1).expand(-1, 1, size, size).clone()
+
+
+@pytest.mark.parametrize("photons, read", [(1000.0, 5.0), (200.0, 0.0), (5000.0, 30.0)])
+def test_noise_mean_and_variance_follow_a_y_plus_b(photons, read):
+    levels = [0.05, 0.2, 0.4, 0.6, 0.8]
+    y = flat_fields(levels, size=128)
+    B = len(levels)
+    imp = Imperfections(photons=torch.full((B,), photons), read_noise=torch.full((B,), read),
+                        bit_depth=torch.full((B,), 16.0))
+    out = Camera()(y, imp, torch.Generator().manual_seed(0))
+    mean = out.mean((1, 2, 3))
+    var = out.var((1, 2, 3))
+    a, b = 1 / photons, read**2 / photons**2 + 1 / (12 * (2**16 - 1) ** 2)
+    torch.testing.assert_close(mean, torch.tensor(levels), atol=3e-3, rtol=0)
+    torch.testing.assert_close(var, a * torch.tensor(levels) + b, rtol=0.06, atol=0)
+
+
+def test_quantization_to_two_to_the_b_levels():
+    y = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    out = Camera()(y, Imperfections(bit_depth=torch.tensor([4.0, 8.0])))
+    for sample, bits in zip(out, (4, 8)):
+        codes = sample * (2**bits - 1)
+        torch.testing.assert_close(codes, torch.round(codes), atol=1e-4, rtol=0)
+        assert len(torch.unique(torch.round(codes))) <= 2**bits
+    assert len(torch.unique(out[0])) <= 16 < len(torch.unique(out[1]))
+    assert (out[1] - y[1]).abs().max() <= 0.5 / 255 + 1e-6
+
+
+def test_clipping_and_range():
+    y = torch.linspace(0, 3, 64).reshape(1, 1, 8, 8)
+    imp = Imperfections(photons=torch.tensor([100.0]), read_noise=torch.tensor([20.0]),
+                        dark_offset=torch.tensor([5.0]))
+    out = Camera()(y, imp, torch.Generator().manual_seed(1))
+    assert out.min() >= 0 and out.max() <= 1
+    assert (out[y > 1.5] == 1).all()  # saturated
+
+
+def test_straight_through_gradient_of_noise_and_quantization():
+    y = torch.full((1, 1, 8, 8), 0.3, requires_grad=True)
+    imp = Imperfections(photons=torch.tensor([500.0]), read_noise=torch.tensor([3.0]),
+                        bit_depth=torch.tensor([8.0]), gain=torch.tensor([1.5]))
+    Camera()(y, imp, torch.Generator().manual_seed(0)).sum().backward()
+    torch.testing.assert_close(y.grad, torch.full_like(y, 1.5))
+
+
+def test_vignetting_prnu_gain_and_exposure():
+    y = torch.full((1, 1, 9, 9), 0.5)
+    out = Camera()(y, Imperfections(vignetting=torch.tensor([0.4])))
+    assert out[0, 0, 4, 4] == pytest.approx(0.5)
+    assert out[0, 0, 0, 0] == pytest.approx(0.5 * 0.6)
+    prnu = torch.ones(1, 1, 9, 9)
+    prnu[..., 2, 3] = 1.2
+    out = Camera()(y, Imperfections(prnu=prnu))
+    assert out[0, 0, 2, 3] == pytest.approx(0.6) and out[0, 0, 0, 0] == pytest.approx(0.5)
+    out = Camera(CameraConfig(exposure=2.0, binning=3))(torch.full((1, 2, 9, 9), 0.25))
+    assert out.shape == (1, 2, 3, 3) and torch.allclose(out, torch.full_like(out, 0.5))
+
+
+def test_noise_is_reproducible_from_generator():
+    y = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    imp = Imperfections(photons=torch.tensor([300.0, 300.0]), read_noise=torch.tensor([4.0, 4.0]))
+    a = Camera()(y, imp, torch.Generator().manual_seed(9))
+    b = Camera()(y, imp, torch.Generator().manual_seed(9))
+    c = Camera()(y, imp, torch.Generator().manual_seed(10))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_read_noise_without_photons_is_an_error():
+    with pytest.raises(ValueError, match="need photons"):
+        Camera()(torch.zeros(1, 1, 4, 4), Imperfections(read_noise=torch.tensor([1.0])))
