@@ -1,0 +1,87 @@
+"""Throughput of the 4F model, forward + backward, against the FFTs it needs.
+
+    python benchmarks/optics.py [--batch 32] [--device cpu|cuda] [--repeats 20]
+
+For each n in (32, 64, 128) and k in (1, 4) it prints images/s of FourF forward+backward (ideal
+system, loss on the frames, gradient to the mask) and the ratio of that time to the time of the
+FFTs alone (fft2 of the (B, 1, N, N) input field, ifft2 of the (B, k, N, N) product and the FFT
+of its gradient in the backward pass), measured in the same run.  Target: ratio <= 1.5.
+On a shared CPU set OMP_NUM_THREADS=1: oversubscribed OpenMP threads make every op erratic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from harness.optics import FourF, Imperfections, OpticsConfig
+
+
+def timed(fn, repeats: int, device: str) -> float:
+    """Median wall time of ``fn`` in seconds (after two warm-up calls)."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def bench_case(n: int, k: int, batch: int, device: str, repeats: int, imperfect: bool):
+    cfg = OpticsConfig(n=n)
+    enc = FourF(cfg, channels=k, init="random").to(device)
+    images = torch.rand(batch, 1, n, n, device=device)
+    imp = None
+    if imperfect:
+        gen = torch.Generator(device=device).manual_seed(0)
+        imp = Imperfections(
+            defocus_dz=(torch.rand(batch, generator=gen, device=device) - 0.5) * 0.2,
+            mask_shift=torch.rand(batch, 2, generator=gen, device=device) - 0.5,
+            camera_shift=torch.rand(batch, 2, generator=gen, device=device) - 0.5,
+        )
+
+    def model_step():
+        enc.zero_grad(set_to_none=True)
+        enc(images, imp).sum().backward()
+
+    N = cfg.N
+    field = torch.randn(batch, 1, N, N, dtype=torch.complex64, device=device)
+    spectra = torch.randn(batch, k, N, N, dtype=torch.complex64, device=device)
+
+    def fft_step():  # forward: FFT of the input, IFFT of the k products; backward: one FFT
+        torch.fft.fft2(field)
+        torch.fft.ifft2(spectra)
+        torch.fft.fft2(spectra)
+
+    model = timed(model_step, repeats, device)
+    ffts = timed(fft_step, repeats, device)
+    return batch / model, model / ffts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--imperfect", action="store_true",
+                        help="also sample per-sample defocus, mask shift and camera shift")
+    args = parser.parse_args()
+    print(f"device={args.device} batch={args.batch} threads={torch.get_num_threads()} "
+          f"torch={torch.__version__} imperfect={args.imperfect}")
+    print(f"{'n':>4} {'k':>2} {'N':>4} {'images/s':>10} {'model/FFT':>10}")
+    for n in (32, 64, 128):
+        for k in (1, 4):
+            rate, ratio = bench_case(n, k, args.batch, args.device, args.repeats, args.imperfect)
+            print(f"{n:>4} {k:>2} {2 * n:>4} {rate:>10.0f} {ratio:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()
