@@ -1,0 +1,241 @@
+"""MLflow tracking of a study: one parent run per study, one nested run per cell.
+
+Default store: ``sqlite:///<study>/mlflow.db`` with artifacts in ``<study>/mlruns/``; any MLflow
+tracking URI (e.g. ``http://host:5000``) can replace it.  Several worker processes may log into one
+SQLite file, so every call is retried while the database is locked.
+
+Cell runs carry the tags ``simgap.cell`` (the cell id) and ``simgap.trial`` (the Optuna trial
+number); the parent run carries ``simgap.study`` (storage study name).  Metrics logged per cell:
+per-epoch curves (step = epoch), the final numbers (no step), and ``curve/<metric>`` at
+step = real fraction in percent, so MLflow's chart of a metric over the nested runs is the
+fine-tune-fraction curve.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from harness.errors import SimgapError
+
+T = TypeVar("T")
+MAX_PARAM_LENGTH = 6000
+PARAMS_PER_BATCH = 100
+METRICS_PER_BATCH = 1000
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+def default_tracking_uri(study_dir: Path) -> str:
+    return f"sqlite:///{Path(study_dir).resolve() / 'mlflow.db'}"
+
+
+def default_artifact_location(study_dir: Path) -> str:
+    return (Path(study_dir).resolve() / "mlruns").as_uri()
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def prepare_sqlite_store(uri: str) -> None:
+    """Create a new SQLite tracking database by copying an empty, fully migrated one.
+
+    Creating the schema runs all of MLflow's migrations (10-20 s); the empty database is made
+    once per MLflow version under the simgap cache folder and copied (MLflow checks the schema
+    version whenever it opens a store, so a stale template cannot go unnoticed)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from harness.data import cache_dir
+
+    path = _sqlite_path(uri)
+    if path is None or path.exists():
+        return
+    template = cache_dir() / f"mlflow-{mlflow.__version__}-empty.db"
+    template.parent.mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock
+
+    with FileLock(str(template) + ".lock"):
+        if not template.exists():
+            tmp = template.with_name(f".{template.name}.tmp-{os.getpid()}")
+            tmp.unlink(missing_ok=True)
+            retry(MlflowClient, tracking_uri=f"sqlite:///{tmp}").search_experiments()
+            os.replace(tmp, template)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.copyfile(template, tmp)
+    os.replace(tmp, path)
+
+
+def _quiet() -> None:
+    for name in ("mlflow", "alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def retry(fn: Callable[..., T], *args, attempts: int = 30, **kwargs) -> T:
+    """Call ``fn`` again (backing off up to ~1 s) while a SQLite store reports it is locked."""
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # MlflowException / sqlalchemy OperationalError wrap the lock
+            if "locked" not in str(exc).lower() or i == attempts - 1:
+                raise
+            time.sleep(min(1.0, 0.05 * 2**i))
+    raise AssertionError("unreachable")
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested dicts -> {"a.b": "value"} strings (MLflow params), lists as their repr."""
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)[:MAX_PARAM_LENGTH]
+    return out
+
+
+class Tracking:
+    """An MLflow client bound to one experiment (created on first use, race-safe)."""
+
+    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None):
+        _quiet()
+        from mlflow import MlflowClient
+
+        self.uri = uri
+        self.experiment = experiment
+        try:
+            prepare_sqlite_store(uri)
+            self.client = retry(MlflowClient, tracking_uri=uri)
+            self.experiment_id = self._experiment(artifact_location)
+        except Exception as exc:  # noqa: BLE001 - stores raise assorted errors for a bad URI
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SimgapError(f"tracking_uri {uri}: cannot open the MLflow store ({msg})") from None
+
+    def _experiment(self, artifact_location: str | None) -> str:
+        found = retry(self.client.get_experiment_by_name, self.experiment)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return retry(self.client.create_experiment, self.experiment, artifact_location)
+        except Exception:  # created meanwhile by another worker
+            found = retry(self.client.get_experiment_by_name, self.experiment)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    # ------------------------------------------------------------------ runs
+    def find_run(self, tag: str, value: str, parent: str | None = None):
+        query = f"tags.`{tag}` = '{value}'"
+        if parent:
+            query += f" and tags.`mlflow.parentRunId` = '{parent}'"
+        runs = retry(self.client.search_runs, [self.experiment_id], query, max_results=1000)
+        return sorted(runs, key=lambda r: r.info.start_time or 0)
+
+    def parent_run(self, study_name: str, params: Mapping[str, Any]) -> str:
+        """The study's parent run (created once; set RUNNING again when a study resumes)."""
+        existing = self.find_run("simgap.study", study_name)
+        existing = [r for r in existing if "mlflow.parentRunId" not in r.data.tags]
+        if existing:
+            run_id = existing[0].info.run_id
+            retry(self.client.update_run, run_id, status="RUNNING")
+            return run_id
+        run = retry(
+            self.client.create_run,
+            self.experiment_id,
+            run_name=study_name,
+            tags={"simgap.study": study_name, "simgap.kind": "study"},
+        )
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def start_cell(
+        self, parent_run_id: str | None, cell_id: str, tags: Mapping[str, str], params: Mapping
+    ) -> CellRun:
+        all_tags = {"simgap.cell": cell_id, "simgap.kind": "cell", **tags}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = retry(self.client.create_run, self.experiment_id, run_name=cell_id, tags=all_tags)
+        cell_run = CellRun(self, run.info.run_id)
+        cell_run.log_params(params)
+        return cell_run
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in flatten(params).items()]
+        for i in range(0, len(items), PARAMS_PER_BATCH):
+            retry(self.client.log_batch, run_id, params=items[i : i + PARAMS_PER_BATCH])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None):
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), now, int(step or 0))
+            for k, v in metrics.items()
+            if v is not None and math.isfinite(float(v))
+        ]
+        for i in range(0, len(items), METRICS_PER_BATCH):
+            retry(self.client.log_batch, run_id, metrics=items[i : i + METRICS_PER_BATCH])
+
+    def set_status(self, run_id: str, status: str) -> None:
+        retry(self.client.set_terminated, run_id, status=status)
+
+    def get_run(self, run_id: str):
+        return retry(self.client.get_run, run_id)
+
+    def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in retry(self.client.get_metric_history, run_id, key)]
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            retry(self.client.log_artifacts, run_id, str(path), artifact_path)
+        else:
+            retry(self.client.log_artifact, run_id, str(path), artifact_path)
+
+    def download(self, run_id: str, artifact_path: str, dst: Path) -> Path | None:
+        """Download an artifact of a run into ``dst``; None when the run has no such artifact."""
+        dst.mkdir(parents=True, exist_ok=True)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return Path(retry(self.client.download_artifacts, run_id, artifact_path, str(dst)))
+        except (MlflowException, OSError):
+            return None
+
+
+class CellRun:
+    """The nested run of one cell: what the cell runner logs into."""
+
+    def __init__(self, tracking: Tracking, run_id: str):
+        self.tracking = tracking
+        self.run_id = run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.tracking.log_params(self.run_id, params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.tracking.log_metrics(self.run_id, metrics, step)
+
+    def log_history(self, prefix: str, history: Iterable[Mapping[str, float]]) -> None:
+        """Per-epoch rows (dicts with an ``epoch`` key) as ``prefix/<name>`` at step = epoch."""
+        for row in history:
+            epoch = int(row.get("epoch", 0))
+            self.log_metrics({f"{prefix}/{k}": v for k, v in row.items() if k != "epoch"}, epoch)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.tracking.log_artifact(self.run_id, path, artifact_path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.tracking.set_status(self.run_id, status)
