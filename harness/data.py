@@ -238,7 +238,6 @@ def _unpack_debian(files: dict[str, Path]) -> dict[str, Path] | None:
 
                 _atomic_write(dst, unzip)
             out[key] = dst
-        (raw / "origin.txt").write_text(f"unpacked from {DEBIAN_FASHION_DIR}\n")
     except (OSError, EOFError):
         return None
     return out
@@ -614,18 +613,20 @@ def source_info(data_root: str | Path | None = None, extra: Sequence[str] = ()) 
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    import pandas as pd
+    from tabulate import tabulate
 
     rows = source_info(args.data_root, extra=args.source or ())
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = pd.DataFrame(rows)
-    for col in ("train", "test"):
-        table[col] = table[col].map(lambda v: "-" if v is None or pd.isna(v) else str(int(v)))
-    table["available"] = table["available"].map({True: "yes", False: "no"})
-    table = table.rename(columns={"native_size": "native size"})
-    print(table.to_string(index=False))
+    heads = ["source", "available", "images", "train", "test", "native size", "classes", "origin"]
+    table = [
+        [r["source"], "yes" if r["available"] else "no", r["images"],
+         "-" if r["train"] is None else r["train"], "-" if r["test"] is None else r["test"],
+         r["native_size"], r["classes"], r["origin"]]
+        for r in rows
+    ]  # fmt: skip
+    print(tabulate(table, headers=heads, disable_numparse=True))
     print(f"\nimages are loaded at {DEFAULT_SIZE}x{DEFAULT_SIZE} by default; cache: {cache_dir()}")
     return 0
 
