@@ -19,6 +19,11 @@ sensor        ShotNoise, GaussNoise,  shot scale U(2.2²/P_hi, 2.2²/P_lo); read
               + ADC rounding (torch)  U(0, r / P_lo); integer bits as in the physics sampler
 ============  ======================  ======================================================
 
+The blur matches the physics *PSF* (at 1 wave its 80 % encircled-energy radius is 3.6 px, the
+disk's 0.89 R), not the frames: the 4F system is coherent, so defocus there also makes ringing
+and, with a random mask, reshuffles speckle rather than smoothing it; a Gaussian blur of the
+frame removes far more high-frequency energy than the physics defocus does at the same strength.
+
 Phase jitter has no faithful image-space analogue: SLM phase errors scatter light from the
 designed PSF into a diffuse halo and a residual unmodulated term, which depends on the mask and
 the input.  The closest generic effect is the loss of PSF efficiency (Strehl ratio
