@@ -15,8 +15,9 @@ misalignment  Affine                  translate U(−t, t) camera px per axis, r
                                       shift changes the PSF, not the image: no analogue
 phase_jitter  RandomBrightnessContrast contrast × U(1 − c, 1), c = 1 − exp(−(σ² + (2π a)²/12))
                                       with σ, a the physics noise / LUT-scale bounds
-sensor        ShotNoise, GaussNoise,  shot scale U(2.2²/P_hi, 2.2²/P_lo); read std
-              + ADC rounding (torch)  U(0, r / P_lo); integer bits as in the physics sampler
+sensor        ShotNoise, GaussNoise,  uniform shot scale and read std whose means match the
+              + ADC rounding (torch)  physics (log-uniform P): E[scale] = 2.2² E[1/P],
+                                      E[std²] = r² E[1/P²] / 3; integer bits as in physics
 ============  ======================  ======================================================
 
 The blur matches the physics *PSF* (at 1 wave its 80 % encircled-energy radius is 3.6 px, the
@@ -32,7 +33,7 @@ distributed phase), applied as a contrast reduction.
 
 ``ShotNoise`` assumes gamma-encoded images (it linearizes with y^2.2 and re-encodes); on our
 linear frames its variance is about scale · y^(−0.2) / 2.2², not a · y, so ``scale = 2.2² / P``
-matches the physics variance 1/P at full scale only.  That mismatch is part of what an
+matches the physics variance 1/P at full scale only (at y = 0.1 it is 16 times larger).  That mismatch is part of what an
 image-space policy is: generic, not the camera model.
 """
 
@@ -70,9 +71,11 @@ def _transforms(family: str, strength: float, config: OpticsConfig):
                                               contrast_limit=(-loss, 0.0), p=1.0)
         return [contrast], {"contrast": (1.0 - loss, 1.0)}
     if family == "sensor":
-        low, high = r["photons"]
-        shot = (_GAMMA**2 / high, _GAMMA**2 / low)
-        read = (0.0, r["read_noise_e"] / low)
+        low, high = r["photons"]  # P ~ log-U(low, high): E[P^-m] = (low^-m - high^-m) / (m ln)
+        log_span = math.log(high / low)
+        inv_p, inv_p2 = (1 / low - 1 / high) / log_span, (low**-2 - high**-2) / (2 * log_span)
+        shot = (_GAMMA**2 / high, _GAMMA**2 * (2 * inv_p - 1 / high))  # mean 2.2² E[1/P]
+        read = (0.0, r["read_noise_e"] * math.sqrt(inv_p2))  # E[std²] = r² E[1/P²] / 3
         steps = [A.ShotNoise(scale_range=shot, p=1.0),
                  A.GaussNoise(std_range=read, per_channel=True, p=1.0)]
         return steps, {"shot_scale": shot, "read_std": read, "bits": r["bits"]}
