@@ -166,9 +166,7 @@ class SiameseData(_Data):
         out_real = model.forward_frames(real_frames, domain="real")
         targets_sim = torch.cat([self.sim.images[sim_idx], self.pairs.images[real_idx]])
         loss_sim, parts_sim = model.loss(out_sim, y_sim, targets_sim.to(device))
-        loss_real, parts_real = model.loss(
-            out_real, y_real, self.pairs.images[real_idx].to(device)
-        )
+        loss_real, parts_real = model.loss(out_real, y_real, self.pairs.images[real_idx].to(device))
         z_sim, z_real = out_sim["features"], out_real["features"]
         align = ccsa_loss(z_sim, y_sim, z_real, y_real, opts.margin)
         total = loss_sim + loss_real + opts.align_weight * align

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -113,7 +114,8 @@ def lpips_distance(
     if key not in _LPIPS_MODELS:
         import lpips
 
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
             torch.manual_seed(0)
             model = lpips.LPIPS(net=net, pnet_rand=pnet_rand, verbose=False)
         _LPIPS_MODELS[key] = model.eval().to(pred.device)

@@ -66,7 +66,8 @@ def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
 
 
 def small_cnn(in_channels: int, width: int = 32) -> DigitalNet:
-    """Four 3x3 conv blocks (GroupNorm, ReLU), three 2x2 max-pools, global average pool."""
+    """Four 3x3 conv blocks (GroupNorm, ReLU), three 2x2 max-pools, average pool to 2x2 (keeps
+    coarse layout for the decoder): feature_dim = 4 · width · 4."""
     stem = nn.Sequential(frame_norm(in_channels), *_conv_block(in_channels, width))
     trunk = nn.Sequential(
         *_conv_block(width, width),
@@ -75,10 +76,10 @@ def small_cnn(in_channels: int, width: int = 32) -> DigitalNet:
         nn.MaxPool2d(2),
         *_conv_block(2 * width, 4 * width),
         nn.MaxPool2d(2),
-        nn.AdaptiveAvgPool2d(1),
+        nn.AdaptiveAvgPool2d(2),
         nn.Flatten(),
     )
-    return DigitalNet(stem, trunk, 4 * width)
+    return DigitalNet(stem, trunk, 4 * width * 4)
 
 
 def resnet18(in_channels: int) -> DigitalNet:
@@ -87,9 +88,7 @@ def resnet18(in_channels: int) -> DigitalNet:
     net = torchvision.models.resnet18(weights=None, norm_layer=group_norm)
     conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
     stem = nn.Sequential(frame_norm(in_channels), conv1, net.bn1, net.relu)
-    trunk = nn.Sequential(
-        net.layer1, net.layer2, net.layer3, net.layer4, net.avgpool, nn.Flatten()
-    )
+    trunk = nn.Sequential(net.layer1, net.layer2, net.layer3, net.layer4, net.avgpool, nn.Flatten())
     return DigitalNet(stem, trunk, net.fc.in_features)
 
 
@@ -107,18 +106,17 @@ def build_digital(name: str, in_channels: int) -> DigitalNet:
 
 class Decoder(nn.Module):
     """Features (B, D) -> image (B, 1, n, n) in [0, 1]: linear to (64, s, s), s = ceil(n / 8),
-    three stride-2 transposed convs (x8), resized to n if n is not a multiple of 8, sigmoid."""
+    three stride-2 transposed convs (x8, no normalisation: a per-sample norm on the tiny first
+    maps would erase the brightness the image needs), resized to n if n % 8 != 0, sigmoid."""
 
     def __init__(self, feature_dim: int, n: int, width: int = 64):
         super().__init__()
         self.n, self.width, self.start = n, width, math.ceil(n / 8)
         self.fc = nn.Sequential(nn.Linear(feature_dim, width * self.start**2), nn.ReLU())
         self.up = nn.Sequential(
-            nn.ConvTranspose2d(width, width // 2, 4, stride=2, padding=1, bias=False),
-            group_norm(width // 2),
+            nn.ConvTranspose2d(width, width // 2, 4, stride=2, padding=1),
             nn.ReLU(),
-            nn.ConvTranspose2d(width // 2, width // 4, 4, stride=2, padding=1, bias=False),
-            group_norm(width // 4),
+            nn.ConvTranspose2d(width // 2, width // 4, 4, stride=2, padding=1),
             nn.ReLU(),
             nn.ConvTranspose2d(width // 4, 1, 4, stride=2, padding=1),
         )

@@ -535,15 +535,17 @@ def embed(model, data, policy=None, batch_size: int = 256, seed: int = 0) -> tor
 
 
 def feature_gap(model, data: FrameData, batch_size: int = 256, seed: int = 0) -> dict:
-    """Sim-vs-real distance of features (:func:`harness.metrics.feature_distance`) between the
-    real frames of ``data`` (real domain) and the ideal simulation of the same inputs (sim
-    domain); a pseudo-Siamese model uses its two stems, a plain model the same network."""
+    """Sim-vs-real distance (:func:`harness.metrics.feature_distance`) between the features of
+    the real frames of ``data`` (real domain) and of the ideal simulation of the same inputs (sim
+    domain); a pseudo-Siamese model uses its two stems, a plain model the same network.  Features
+    are L2-normalised per sample first, so models with different feature scales compare."""
     if data.images is None:
         raise SimgapError("feature gap: the real frames have no paired input images")
     real = embed(model, data, None, batch_size, seed)
     twins = ImageData(data.images, data.labels, split=f"{data.split}-sim-twins")
     sim = embed(model, twins, None, batch_size, seed)
-    return M.feature_distance(sim, real)
+    normalize = torch.nn.functional.normalize
+    return M.feature_distance(normalize(sim, dim=1), normalize(real, dim=1))
 
 
 def clone_model(model):
