@@ -2,16 +2,16 @@
 
 One sampler per family.  Each has a *strength* s in [0, 1] that sets the half-widths of the
 distributions linearly (s = 0 is the ideal bench: every field stays ``None``), and optional
-explicit ranges that override the mapping.  Ranges at strength s (``s * value at s = 1``):
+explicit ranges that override the mapping.  Half-widths are s times their value at s = 1:
 
 =============  ==================  ===========================================================
 family         range key           distribution (at s = 1)
 =============  ==================  ===========================================================
 defocus        ``waves``           W020 ~ U(−w, w) waves at the pupil edge (w = 1);
                                    Δz = W020 · dz_per_wave = W020 · 2 λ f² / ρ_max²
-misalignment   ``mask_shift_px``   SLM mask shift (x, y) ~ U(−s, s) SLM px each (2 px)
-               ``rotation_deg``    SLM rotation ~ U(−r, r) degrees (2°), stored in radians
-               ``camera_shift_px`` camera shift (x, y) ~ U(−t, t) camera px each (1.5 px)
+misalignment   ``mask_shift_px``   SLM mask shift (x, y) ~ U(−m, m) SLM px each (m = 2)
+               ``rotation_deg``    SLM rotation ~ U(−r, r) degrees (r = 2), stored in radians
+               ``camera_shift_px`` camera shift (x, y) ~ U(−t, t) camera px each (t = 1.5)
 phase_jitter   ``noise_rad``       per-pixel phase noise N(0, σ²), σ ~ U(0, σ_max) rad (0.3)
                ``lut_scale``       LUT scale ~ U(1 − a, 1 + a) (a = 0.15)
                ``lut_offset_rad``  LUT offset ~ U(−o, o) rad (0.5; only visible with zero order)
@@ -21,9 +21,10 @@ sensor         ``photons``         electrons at full scale, log-U(10^2.5 / s², 
                ``bits``            ADC bits, integer ~ U{round(12 − 4 s), …, 12}
 =============  ==================  ===========================================================
 
-Two keys take a (low, high) pair or ``None`` (off): ``quant_bits``, ``photons`` and ``bits``;
-the others are half-widths where 0 means off.  The sensor noise std at full scale, 1/√photons,
-scales linearly with s (5.6 % .. 0.56 % at s = 1), so s → 0 fades continuously to no noise.
+``quant_bits``, ``photons`` and ``bits`` take a (low, high) pair or ``None`` (off); the other
+keys are half-widths (maxima for σ and read noise) where 0 means off.  With a continuous LUT
+(``lut_bits`` None) ``quant_bits`` counts down from 8.  The sensor noise std at full scale,
+1/√photons, scales linearly with s (5.6 % .. 0.56 % at s = 1), so s → 0 fades to no noise.
 The geometric blur of W020 waves of defocus is a disk of radius 4 |W020| input pixels
 (ε = 2 W020 λ f / ρ_max, dx = λ f / (2 ρ_max)); :mod:`augment.image` matches that.
 
@@ -95,7 +96,8 @@ class Family:
             if not 0 < low <= high < math.inf:
                 raise SimgapError(f"{field}: need 0 < low <= high < inf, got {value!r}")
             return (low, high)
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not real or not 0 <= value < math.inf:
             raise SimgapError(f"{field}: expected a finite number >= 0, got {value!r}")
         return float(value)
 
@@ -167,7 +169,9 @@ class Defocus(Family):
     """Camera defocus: W020 ~ U(−w, w) waves, Δz = W020 · config.dz_per_wave metres."""
 
     name = "defocus"
-    KNOBS: ClassVar[dict[str, Knob]] = {"waves": Knob("waves W020", "|defocus| at the pupil edge", _linear(1.0))}
+    KNOBS: ClassVar[dict[str, Knob]] = {
+        "waves": Knob("waves W020", "|defocus| at the pupil edge", _linear(1.0)),
+    }
 
     def _draw(self, draw, r, config, channels):
         waves = draw.sym(r["waves"])
@@ -266,7 +270,8 @@ class Sensor(Family):
         read = None if r["read_noise_e"] == 0 else draw.rand() * r["read_noise_e"]
         if read is not None and photons is None:
             raise SimgapError("ranges.sensor.read_noise_e: read noise needs photons (not null)")
-        return {"photons": photons, "read_noise": read, "bit_depth": draw.integers(r["bits"], "ranges.sensor.bits")}
+        bits = draw.integers(r["bits"], "ranges.sensor.bits")
+        return {"photons": photons, "read_noise": read, "bit_depth": bits}
 
 
 SAMPLERS: dict[str, type[Family]] = {

@@ -162,9 +162,8 @@ def _registry() -> dict[str, Callable[..., Policy]]:
         "physics": ("physics", FAMILIES),
     }
     names.update({f"physics:{f}": ("physics", (f,)) for f in FAMILIES})
-    names.update(
-        {f"physics-without:{f}": ("physics", tuple(g for g in FAMILIES if g != f)) for f in FAMILIES}
-    )
+    for f in FAMILIES:
+        names[f"physics-without:{f}"] = ("physics", tuple(g for g in FAMILIES if g != f))
     names["image"] = ("image", FAMILIES)
     names.update({f"image:{f}": ("image", (f,)) for f in FAMILIES})
     return {name: partial(Policy, name, kind, fams) for name, (kind, fams) in names.items()}

@@ -7,8 +7,9 @@ For k in (1, 4): the median time of one training step (policy frames -> small CN
 cross-entropy -> backward -> AdamW step on mask + head) under ``none``, ``physics`` and ``image``,
 the ratio physics / none (target <= 1.3), and images/s of the policies' frame generation alone
 (forward, no gradient) and of the whole step.  The policies are timed in alternation, so load
-from other processes on a shared machine biases the ratios less than the absolute times.  ``--profile`` prints the ops that dominate the
-physics step (torch.profiler, self time).
+from other processes on a shared machine biases the ratios less than the absolute times; on a
+busy CPU, ``--threads 1`` gives steadier numbers.  ``--profile`` prints the ops that dominate
+the physics step (torch.profiler, self time).
 """
 
 from __future__ import annotations
