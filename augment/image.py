@@ -33,8 +33,8 @@ distributed phase), applied as a contrast reduction.
 
 ``ShotNoise`` assumes gamma-encoded images (it linearizes with y^2.2 and re-encodes); on our
 linear frames its variance is about scale · y^(−0.2) / 2.2², not a · y, so ``scale = 2.2² / P``
-matches the physics variance 1/P at full scale only (at y = 0.1 it is 16 times larger).  That mismatch is part of what an
-image-space policy is: generic, not the camera model.
+matches the physics variance 1/P at full scale only (at y = 0.1 it is 16 times larger).  That
+mismatch is part of what an image-space policy is: generic, not the camera model.
 """
 
 from __future__ import annotations
