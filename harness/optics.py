@@ -11,13 +11,15 @@ Forward model for intensities I (B, 1, n, n):
 
     u = sqrt(I^γ) zero-padded to N x N;  U = FFT(u)
     φ_slm = LUT(quantize(wrap(φ + noise)))  [blurred by fringing];  M = A ((1-η) e^{iφ_slm} + η)
-    M <- shift/rotate(M) (the SLM moves);  M <- M exp(i (2π W_zernike − π Δz ρ²/(λ f²) + camera tilt))
-    frame = camera(crop(|IFFT(U · M)|²))
+    M'(ρ) = M(R⁻¹(ρ − δ)) for an SLM shifted by δ and rotated by R (see FourF.field)
+    P(ρ)  = exp(i (2π W_zernike − π Δz ρ²/(λ f²) − 2π t·ρ/N))   system pupil, camera shift t
+    frame = camera(crop(|IFFT(U · M' · P)|²))
 
 Everything is kept in the *centred* Fourier layout (DC at index N/2, as displayed on the SLM): a
 (−1)^(x+y) checkerboard on the input makes FFT(u) centred, and the same sign pattern on the output
 field vanishes in |·|², so no fftshift copies are needed.  The camera shift is an exact Fourier
-tilt.  All parameters are per-sample tensors in :class:`Imperfections`; ``None`` means ideal.
+tilt; an SLM shift becomes an exact tilt of the input (the mask is never resampled, which would
+lose energy between the pixels of e^{iφ}).  All parameters are per-sample tensors in :class:`Imperfections`; ``None`` means ideal.
 """
 
 from __future__ import annotations
@@ -160,6 +162,21 @@ def _col(value: torch.Tensor) -> torch.Tensor:
     return value.reshape(-1, 1, 1, 1)
 
 
+def zernike_basis(r: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Zernike terms in the order of ``ZERNIKE_NAMES`` at normalized radius r = ρ / ρ_max:
+    2r²−1, r² cos 2θ, r² sin 2θ, (3r³−2r) cos θ, (3r³−2r) sin θ, 6r⁴−6r²+1."""
+    r2 = r * r
+    coma = 3 * r2 * r - 2 * r
+    return (
+        2 * r2 - 1,
+        r2 * torch.cos(2 * theta),
+        r2 * torch.sin(2 * theta),
+        coma * torch.cos(theta),
+        coma * torch.sin(theta),
+        6 * r2 * r2 - 6 * r2 + 1,
+    )
+
+
 def quantize_phase(phase: torch.Tensor, levels) -> torch.Tensor:
     """Wrap to [0, 2π) and round to ``levels`` equal steps; straight-through gradient."""
     wrapped = torch.remainder(phase, TWO_PI)
@@ -194,28 +211,15 @@ class FourF(torch.nn.Module):
         j = torch.arange(N, dtype=torch.float32) - N // 2  # centred SLM pixel index, DC at N/2
         jy, jx = torch.meshgrid(j, j, indexing="ij")
         r = torch.sqrt(jx**2 + jy**2) / (N / 2)  # ρ / ρ_max
-        theta = torch.atan2(jy, jx)
         aperture = (r <= cfg.aperture_fraction) if cfg.aperture == "circle" else torch.ones_like(r)
-        zernike = torch.stack(
-            [
-                2 * r**2 - 1,
-                r**2 * torch.cos(2 * theta),
-                r**2 * torch.sin(2 * theta),
-                (3 * r**3 - 2 * r) * torch.cos(theta),
-                (3 * r**3 - 2 * r) * torch.sin(theta),
-                6 * r**4 - 6 * r**2 + 1,
-            ]
-        )
         start = (N - n) // 2
         checker = 1.0 - 2.0 * ((torch.arange(N)[:, None] + torch.arange(N)[None, :]) % 2)
         self.register_buffer("aperture", aperture.float(), persistent=False)
         self.register_buffer("jx", jx, persistent=False)
         self.register_buffer("jy", jy, persistent=False)
-        self.register_buffer("rho2", (jx**2 + jy**2) * cfg.slm_pitch**2, persistent=False)
-        self.register_buffer("zernike_basis", zernike, persistent=False)
-        self.register_buffer("checker", checker[start : start + n, start : start + n].float(),
-                             persistent=False)
+        self.register_buffer("checker", checker.float(), persistent=False)
         self._start = start
+        self._window = (slice(start, start + n), slice(start, start + n))
 
     # ----------------------------------------------------------------- SLM and pupil
     def levels(self, imp: Imperfections | None = None):
@@ -249,67 +253,68 @@ class FourF(torch.nn.Module):
         return phase
 
     def slm_field(self, imp: Imperfections | None = None) -> torch.Tensor:
-        """Complex SLM transmission A ((1-η) e^{iφ} + η) after the SLM shift / rotation."""
+        """Complex SLM transmission A ((1-η) e^{iφ} + η), in the SLM's own coordinates."""
         phase = self.slm_phase(imp)
         field = torch.polar(self.aperture.expand_as(phase), phase)
-        if imp is None:
-            return field
-        if imp.zero_order is not None:
+        if imp is not None and imp.zero_order is not None:
             eta = _col(imp.zero_order.to(phase))
             field = (1 - eta) * field + eta * self.aperture
-        if imp.mask_shift is not None or imp.mask_rotation is not None:
-            field = self._move(field, imp)
         return field
 
-    def _move(self, field: torch.Tensor, imp: Imperfections) -> torch.Tensor:
-        """Resample the SLM field shifted by (δx, δy) pixels and rotated by θ (bilinear)."""
-        batch = imp.batch_size or 1
-        if field.dim() == 3:
-            field = field.unsqueeze(0)
-        field = field.expand(batch, *field.shape[1:])
-        k, N = field.shape[1], field.shape[-1]
-        x, y = self.jx, self.jy
-        if imp.mask_shift is not None:
-            shift = imp.mask_shift.to(x)
-            x = x - shift[:, 0, None, None]
-            y = y - shift[:, 1, None, None]
-        if imp.mask_rotation is not None:
-            rot = imp.mask_rotation.to(x)[:, None, None]
-            c, s = torch.cos(rot), torch.sin(rot)
-            x, y = c * x + s * y, -s * x + c * y
-        x, y = torch.broadcast_tensors(x, y)
-        scale = 2.0 / (N - 1)
-        grid = torch.stack(((x + N // 2) * scale - 1, (y + N // 2) * scale - 1), dim=-1)
-        grid = grid.expand(batch, N, N, 2)
-        parts = torch.view_as_real(field).permute(0, 1, 4, 2, 3).reshape(batch, 2 * k, N, N)
-        moved = torch.nn.functional.grid_sample(
-            parts, grid, mode="bilinear", padding_mode="zeros", align_corners=True
-        )
-        moved = moved.reshape(batch, k, 2, N, N).permute(0, 1, 3, 4, 2).contiguous()
-        return torch.view_as_complex(moved)
-
-    def pupil_phase(self, imp: Imperfections | None) -> torch.Tensor | None:
-        """System pupil phase (B, 1, N, N) in radians: Zernike + camera defocus + camera tilt."""
-        if imp is None:
+    def _rotated_grid(self, imp: Imperfections | None, sign: float = 1.0):
+        """Per-sample centred coordinates R(sign θ)(x, y), (B, 1, N, N) each; None without
+        rotation.  R(θ)(x, y) = (x cos θ − y sin θ, x sin θ + y cos θ)."""
+        if imp is None or imp.mask_rotation is None:
             return None
+        rot = _col(imp.mask_rotation.to(self.jx)) * sign
+        c, s = torch.cos(rot), torch.sin(rot)
+        return c * self.jx - s * self.jy, s * self.jx + c * self.jy
+
+    def _resample(self, x: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
+        """Bilinear samples of (B, C, N, N) ``x`` at centred coordinates (gx, gy) (zeros outside)."""
+        N = self.config.N
+        scale = 2.0 / (N - 1)
+        grid = torch.stack(((gx + N // 2) * scale - 1, (gy + N // 2) * scale - 1), dim=-1)
+        grid = grid.reshape(-1, N, N, 2).expand(x.shape[0], N, N, 2)
+        return torch.nn.functional.grid_sample(
+            x, grid, mode="bilinear", padding_mode="zeros", align_corners=True
+        )
+
+    def pupil_phase(self, imp: Imperfections | None, grid=None) -> torch.Tensor | None:
+        """System pupil phase (B, 1, N, N) in radians at the pupil points R ρ + δ.
+
+        W = 2π Σ_j z_j Z_j(r, θ) − π Δz ρ² / (λ f²) − 2π t·ρ / N  (Zernike in waves, camera
+        defocus Δz, camera shift t in camera pixels).  (R, δ) is the SLM rotation and shift: a
+        mask moved on the SLM sees the fixed system pupil at shifted, rotated points.
+        """
+        if imp is None or all(
+            v is None for v in (imp.zernike, imp.defocus_dz, imp.camera_shift)
+        ):
+            return None
+        x, y = grid if grid is not None else (self.jx, self.jy)
+        if imp.mask_shift is not None:
+            shift = imp.mask_shift.to(self.jx)
+            x = x + shift[:, 0, None, None, None]
+            y = y + shift[:, 1, None, None, None]
+        cfg = self.config
         terms = []
         if imp.zernike is not None:
-            waves = torch.einsum("bz,zhw->bhw", imp.zernike.to(self.jx), self.zernike_basis)
-            terms.append(TWO_PI * waves[:, None])
+            r = torch.sqrt(x**2 + y**2) / (cfg.N / 2)
+            theta = torch.atan2(y, x)
+            z = imp.zernike.to(self.jx)
+            waves = sum(_col(z[:, i]) * term for i, term in enumerate(zernike_basis(r, theta)))
+            terms.append(TWO_PI * waves)
         if imp.defocus_dz is not None:
-            cfg = self.config
-            curvature = -math.pi / (cfg.wavelength * cfg.focal_length**2)
-            terms.append(curvature * _col(imp.defocus_dz.to(self.jx)) * self.rho2)
+            curvature = -math.pi * cfg.slm_pitch**2 / (cfg.wavelength * cfg.focal_length**2)
+            terms.append(curvature * _col(imp.defocus_dz.to(self.jx)) * (x**2 + y**2))
         if imp.camera_shift is not None:
-            t = imp.camera_shift.to(self.jx)
-            tilt = t[:, 0, None, None] * self.jx + t[:, 1, None, None] * self.jy
-            terms.append((-TWO_PI / self.config.N) * tilt[:, None])
-        if not terms:
-            return None
+            t = imp.camera_shift.to(self.jx) * cfg.camera.binning  # camera px -> grid px
+            terms.append((-TWO_PI / cfg.N) * (_col(t[:, 0]) * x + _col(t[:, 1]) * y))
         return sum(terms[1:], terms[0])
 
     def mask(self, imp: Imperfections | None = None) -> torch.Tensor:
-        """Complex Fourier-plane mask, centred layout: (k, N, N) ideal or (B, k, N, N)."""
+        """Complex Fourier-plane mask of an aligned SLM times the system pupil, centred layout:
+        (k, N, N) ideal or (B, k, N, N).  SLM shift and rotation act in :meth:`field`."""
         field = self.slm_field(imp)
         pupil = self.pupil_phase(imp)
         if pupil is not None:
@@ -318,24 +323,47 @@ class FourF(torch.nn.Module):
 
     # ----------------------------------------------------------------- propagation
     def field(self, images: torch.Tensor, imp: Imperfections | None = None) -> torch.Tensor:
-        """Output field on the full N x N grid (B, k, N, N), up to a (−1)^(x+y) sign."""
+        """Output field w on the full N x N grid (B, k, N, N), up to a (−1)^(x+y) sign.
+
+        An SLM moved by δ and rotated by R shows M'(ρ) = M(R⁻¹(ρ − δ)).  Substituting
+        ρ = R ρ' + δ keeps the mask on its own grid (no resampling of e^{iφ}, no energy loss):
+        the input is rotated, u(R x), and tilted, exp(−2πi δ·R x / N); the pupil phase is taken at
+        R ρ' + δ; the output intensity is |w(Rᵀ x)|² (rotated back in :meth:`intensity`).
+        """
         cfg = self.config
         if images.dim() != 4 or images.shape[1] != 1 or images.shape[-1] != cfg.n:
             raise ValueError(f"expected images (B, 1, {cfg.n}, {cfg.n}), got {tuple(images.shape)}")
         intensity = images.to(self.phase.dtype)
         if imp is not None and imp.gamma is not None:
             intensity = intensity.clamp_min(0) ** _col(imp.gamma.to(intensity))
-        amplitude = torch.sqrt(intensity.clamp_min(0)) * self.checker
+        amplitude = torch.sqrt(intensity.clamp_min(0))
         pad = (self._start, cfg.N - cfg.n - self._start)
-        u = torch.nn.functional.pad(amplitude, pad + pad)
+        grid = self._rotated_grid(imp)
+        if grid is None:
+            u = torch.nn.functional.pad(amplitude * self.checker[self._window], pad + pad)
+            gx, gy = self.jx, self.jy
+        else:
+            u = torch.nn.functional.pad(amplitude, pad + pad)
+            u = self._resample(u, *grid) * self.checker
+            gx, gy = grid
+        if imp is not None and imp.mask_shift is not None:
+            shift = imp.mask_shift.to(u)
+            tilt = (-TWO_PI / cfg.N) * (_col(shift[:, 0]) * gx + _col(shift[:, 1]) * gy)
+            u = torch.polar(u, tilt.expand_as(u))
         spectrum = torch.fft.fft2(u)
-        return torch.fft.ifft2(spectrum * self.mask(imp))
+        pupil = self.pupil_phase(imp, grid)
+        if pupil is not None:
+            spectrum = spectrum * torch.polar(torch.ones_like(pupil), pupil)
+        return torch.fft.ifft2(spectrum * self.slm_field(imp))
 
     def intensity(self, images: torch.Tensor, imp: Imperfections | None = None) -> torch.Tensor:
         """Optical intensity on the camera window (B, k, n, n), before the sensor."""
         out = self.field(images, imp)
-        s, n = self._start, self.config.n
-        crop = torch.view_as_real(out[..., s : s + n, s : s + n])
+        back = self._rotated_grid(imp, sign=-1.0)
+        if back is not None:  # |w(Rᵀ x)|²: sample the full-grid power at R(−θ) x, then crop
+            power = torch.view_as_real(out).square().sum(-1)
+            return self._resample(power, *back)[..., self._window[0], self._window[1]]
+        crop = torch.view_as_real(out[..., self._window[0], self._window[1]])
         return crop.square().sum(-1)
 
     def forward(
