@@ -2,8 +2,9 @@
 
 The phase mask is physical (the captures were taken with it), so it stays fixed; ``mode="head"``
 trains only the task heads (classifier / decoder), ``mode="full"`` the whole digital network.
-Model selection and early stopping use the real validation captures.  An empty pool (the 0 %
-fraction) means no adaptation: the model is returned unchanged.
+Model selection and early stopping use the real validation captures, with the unadapted model as
+one candidate (so fine-tuning never ends worse on real val than not fine-tuning).  An empty pool
+(the 0 % fraction) means no adaptation: the model is returned unchanged.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class AdaptResult:
     """An adapted model (a new object; the input model is untouched) and its numbers.
 
     ``metrics``: ``n_real`` (labelled real frames used), ``adapted`` (False when nothing was
-    trained), ``best_epoch`` and ``val_*`` metrics of the returned model on the real val set.
+    trained), ``best_epoch`` (-1: the starting weights won the selection), ``val_*`` metrics of
+    the returned model on real val and ``val_gap_*`` its sim-vs-real feature distances there.
     """
 
     model: object
@@ -89,6 +91,7 @@ def finetune(
         callback=callback,
         checkpoint_dir=checkpoint_dir,
         train_optics=False,
+        keep_initial=True,
         trainable=MODES[mode],
     )
     return finish(adapted, val, result, len(pool), config)

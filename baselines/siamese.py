@@ -10,7 +10,7 @@ stem).  With z the L2-normalised trunk features, d = ‖z_sim − z_real‖ over
         + w_adv · BCE(domain head(GRL(z)), domain)            (optional, gradient reversal)
 
 The real budget is exactly the fine-tune baseline's (the same pool fraction); the mask is fixed.
-Model selection uses real val through the real stem.  The returned model is the real branch: a
+Model selection uses real val through the real stem (the unadapted model is a candidate).  The returned model is the real branch: a
 :class:`~harness.models.HybridModel` whose stem is the trained real stem.
 """
 
@@ -100,6 +100,10 @@ class SiameseModel(nn.Module):
     @property
     def classifies(self) -> bool:
         return self.base.classifies
+
+    @property
+    def task(self) -> str:
+        return self.base.task
 
     @property
     def num_classes(self) -> int:
@@ -218,6 +222,7 @@ def siamese(
         callback=callback,
         checkpoint_dir=checkpoint_dir,
         train_optics=False,
+        keep_initial=True,
         trainable="digital",
     )
     adapted = finish(net.real_model(), val, result, len(pool), config, gap_model=net)

@@ -267,7 +267,7 @@ class TrainConfig(BaseModel):
 
 @dataclass
 class FitResult:
-    best_epoch: int
+    best_epoch: int  # -1: the initial weights were kept (``keep_initial``)
     best_score: float | None
     history: list[dict]
     stopped_early: bool
@@ -318,6 +318,7 @@ def fit(
     checkpoint_dir=None,
     train_optics: bool = True,
     trainable: str = "all",
+    keep_initial: bool = False,
 ) -> FitResult:
     """Train ``model`` on ``train_data`` (AdamW, cosine per step), select on ``val_data``.
 
@@ -327,12 +328,17 @@ def fit(
     RNG states, history, best weights) and ``callback(epoch, metrics)``.  A run started with the
     checkpoint of an interrupted one continues to the same result.  The model ends with the
     selected (best) weights.  Deterministic on CPU given ``config.seed``.
+
+    ``keep_initial`` (adaptation): the starting weights are a selection candidate too
+    (``best_epoch = -1``), so adapting never ends worse on the validation data than not adapting.
     """
     config = config or TrainConfig()
     check_not_test(train_data, "train_data")
     check_not_test(val_data, "val_data")
     if len(train_data) == 0:
         raise SimgapError("train_data: no samples to train on")
+    if val_data is not None and len(val_data) == 0:
+        val_data = None
     device = torch.device(config.device)
     model.to(device)
     groups = model.param_groups(trainable, train_optics)
@@ -356,6 +362,7 @@ def fit(
             "train_optics": bool(train_optics),
             "n_train": len(train_data),
             "n_val": 0 if val_data is None else len(val_data),
+            "keep_initial": bool(keep_initial),
         },
         "epoch": -1,
         "history": [],
@@ -371,6 +378,15 @@ def fit(
         run = _resume(ckpt, run, model, optimizer, scheduler, shuffle, noise, device)
         resumed_from = run["epoch"]
 
+    def score_of(val: dict) -> float:
+        if key not in val:
+            raise SimgapError(f"select: '{key}' is not a metric of this task ({model.task})")
+        return sign * val[key]
+
+    if keep_initial and val_data is not None and run["best_state"] is None:
+        val = evaluate(model, val_data, policy, config.eval_batch_size, config.seed)
+        run.update(best_score=score_of(val), best_epoch=-1, best_state=_clone_state(model))
+
     for p in frozen:
         p.requires_grad_(False)
     try:
@@ -384,7 +400,7 @@ def fit(
             if val_data is not None:
                 val = evaluate(model, val_data, policy, config.eval_batch_size, config.seed)
                 metrics.update({f"val_{k}": v for k, v in val.items() if _is_number(v)})
-                score = sign * val[key]
+                score = score_of(val)
             else:
                 score = float(epoch)  # no validation: the last epoch is selected
             if run["best_score"] is None or score > run["best_score"]:
@@ -489,6 +505,8 @@ def predict(model, data, policy=None, batch_size: int = 256, seed: int = 0) -> d
     Sim data are simulated with the policy in evaluation mode and a generator seeded from
     ``seed``, so the same call gives the same frames every time.
     """
+    if len(data) == 0:
+        raise SimgapError(f"{data.split}: no samples to predict on")
     was_training = model.training
     model.eval()
     device = _device(model)
@@ -515,6 +533,8 @@ def evaluate(
     """Metrics of ``model`` on ``data``: loss, accuracy (+ ``accuracy_class{i}`` when
     ``per_class``) for classification; mse, psnr, ssim (+ LPIPS if asked and available) for
     reconstruction.  Unavailable metrics are listed in ``out["unavailable"]`` with the reason."""
+    if len(data) == 0:
+        return {"n": 0}
     out = predict(model, data, policy, batch_size, seed)
     targets = data.targets(torch.arange(len(data)))
     loss, _ = model.loss(out, data.labels, targets)

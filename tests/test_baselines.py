@@ -92,7 +92,19 @@ def test_finetune_head_trains_only_the_head(study):
     result = get_method("finetune-head")(model, pool, real.val, adapt_config(epochs=1), seed=0)
     new, old = result.model.state_dict(), model.state_dict()
     changed = {k.split(".")[0] for k in new if not torch.equal(new[k], old[k])}
-    assert changed == {"head"}
+    assert result.metrics["best_epoch"] >= 0 and changed == {"head"}
+
+
+def test_adaptation_never_selects_worse_than_start(study):
+    # a destructive learning rate: selection on real val keeps the unadapted weights
+    model, _, real = study
+    pool = real.pool_fractions([0.1], seed=0)[0.1]
+    bad = adapt_config(epochs=2, lr=5.0, weight_decay=0.0)
+    result = get_method("finetune-full")(model, pool, real.val, bad, seed=0)
+    assert result.metrics["best_epoch"] == -1
+    assert all(h["val_accuracy"] < result.metrics["val_accuracy"] for h in result.fit.history)
+    for k, v in result.model.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
 
 
 def test_real_only_trains_from_scratch(study):
