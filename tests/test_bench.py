@@ -73,6 +73,8 @@ def accuracy(net, frames, labels) -> float:
 
 
 def test_bench_is_a_real_gap_that_grows_with_the_preset(digits, edge_encoder):
+    """Ideal-sim classifier on bench captures of the same test inputs, mean over three benches
+    (one bench is one sample); a classifier trained on bench frames shows the signal is there."""
     sim = source_splits(digits, seed=0)
     train, test = sim["train"], sim["test"]
     with torch.no_grad():
@@ -82,17 +84,34 @@ def test_bench_is_a_real_gap_that_grows_with_the_preset(digits, edge_encoder):
     y = digits.labels[test]
     sim_acc = accuracy(net, sim_test, y)
     assert sim_acc > 0.85  # the classifier works in simulation
+    index = torch.arange(len(test))
+    acc = {p: [] for p in ("mild", "typical", "harsh")}
     with torch.no_grad():
-        index = torch.arange(len(test))
-        for seed in (0, 1):
-            acc = {
-                p: accuracy(net, EmulatedBench(CFG, seed, p).capture(
-                    edge_encoder, digits.images[test], index), y)
-                for p in ("mild", "typical", "harsh")
-            }  # fmt: skip
-            print(f"bench seed {seed}: ideal sim {sim_acc:.3f}, bench {acc}")
-            assert sim_acc - acc["typical"] >= 0.20
-            assert acc["mild"] > acc["typical"] > acc["harsh"]
+        for seed in (0, 1, 2):
+            for preset, accs in acc.items():
+                bench = EmulatedBench(CFG, seed, preset)
+                accs.append(
+                    accuracy(net, bench.capture(edge_encoder, digits.images[test], index), y)
+                )
+            assert acc["mild"][-1] > acc["harsh"][-1]
+    mean = {p: sum(a) / len(a) for p, a in acc.items()}
+    print(f"ideal sim {sim_acc:.3f}; bench seeds 0-2: {acc}")
+    assert sim_acc - mean["typical"] >= 0.20
+    assert sim_acc - mean["mild"] < sim_acc - mean["typical"] < sim_acc - mean["harsh"]
+
+    # The gap is a domain shift, not lost information: train on typical bench frames instead.
+    bench = EmulatedBench(CFG, 0, "typical")
+    with torch.no_grad():
+        real_train = bench.capture(
+            edge_encoder, digits.images[train], 1000 + torch.arange(len(train))
+        )
+        real_test = bench.capture(edge_encoder, digits.images[test], index)
+    real_acc = accuracy(train_on_frames(real_train, digits.labels[train]), real_test, y)
+    print(
+        f"trained on typical bench frames: {real_acc:.3f} (ideal-sim classifier: "
+        f"{acc['typical'][0]:.3f})"
+    )
+    assert real_acc > acc["typical"][0] + 0.1 and real_acc > 0.8
 
 
 # ------------------------------------------------------------------------------ the draw
