@@ -75,6 +75,7 @@ class Budget(_Strict):
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(3e-3, gt=0)
+    optics_lr: float = Field(1e-2, gt=0, description="learning rate of the phase mask (rad)")
     weight_decay: float = Field(1e-4, ge=0)
 
 
@@ -245,6 +246,11 @@ class StudyConfig(_Strict):
         raise KeyError(label)
 
     @property
+    def primary_metric(self) -> str:
+        """The number a cell is scored by: real-test accuracy (PSNR for reconstruction only)."""
+        return "real_test_acc" if self.model.task != "reconstruct" else "real_test_psnr"
+
+    @property
     def reference_policy(self) -> str:
         """The sim model whose mask the real-only baseline uses: the baseline if compared."""
         labels = [p.key for p in self.policies]
@@ -347,8 +353,22 @@ def validate_components(config: StudyConfig, where: str = "config") -> None:
     """Check the names other modules own (source, policies, methods, preset, mask init) by
     building them; each problem is a one-line SimgapError naming the field."""
     from augment.policy import build_policy
+    from baselines import METHODS
+    from harness.bench import MASK_INITS
     from harness.bench import PRESETS as BENCH_PRESETS
+    from harness.data import SOURCES
 
+    source = config.data.source
+    if source not in SOURCES and not source.startswith("folder:"):
+        raise SimgapError(f"{where}: data.source: {source!r} is not one of {', '.join(SOURCES)}")
+    if config.model.mask_init not in MASK_INITS and not Path(config.model.mask_init).exists():
+        raise SimgapError(
+            f"{where}: model.mask_init: {config.model.mask_init!r} is not one of "
+            f"{', '.join(MASK_INITS)} or an existing mask file"
+        )
+    for method in config.methods:
+        if method not in METHODS:
+            raise SimgapError(f"{where}: methods: {method!r} is not one of {', '.join(METHODS)}")
     if config.bench.preset not in BENCH_PRESETS:
         raise SimgapError(
             f"{where}: bench.preset: {config.bench.preset!r} is not one of {', '.join(BENCH_PRESETS)}"

@@ -51,7 +51,6 @@ log = logging.getLogger("simgap.studies")
 AXES = ("policy", "method", "fraction", "seed", "bench")
 STUDY_JSON = "study.json"
 CONFIG_YAML = "config.yaml"
-OBJECTIVE = "real_test_acc"
 LIVE = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -586,8 +585,11 @@ def _run_trial(handle, trial: optuna.Trial, cell: Cell, runner: Runner, tracker)
         metrics["cell_seconds"] = time.time() - t0
         run.log_metrics(metrics)
         trial.set_user_attr("metrics", metrics)
-        handle.study.tell(trial, metrics[OBJECTIVE])
+        objective = handle.config.primary_metric
+        handle.study.tell(trial, metrics[objective])
         run.end("FINISHED")
+        log.info("done %s: %s = %.4f (%.0f s)", cell.id, objective, metrics[objective],
+                 metrics["cell_seconds"])
         return True
     except (KeyboardInterrupt, SystemExit):
         beat.stop.set()
@@ -693,7 +695,9 @@ def _run_processes(out: Path, workers: int, tracking_uri: str | None) -> None:
            "--parent-pid", str(os.getpid())]
     if tracking_uri:
         cmd += ["--tracking-uri", tracking_uri]
-    procs = [subprocess.Popen(cmd) for _ in range(workers)]
+    threads = max(1, (os.cpu_count() or 1) // workers)  # no oversubscription of the cores
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
 
     def forward(signum, _frame):
         for p in procs:

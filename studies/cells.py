@@ -1,0 +1,300 @@
+"""One study cell, end to end (DESIGN.md section 2, stages 1-6).
+
+    1. sim model of (policy, seed)           cached: trained once, shared by all its cells
+    2.+3. capture set of (sim model, bench)  cached: the learned mask captured on the bench
+    4. adaptation: the method on the seed's nested fraction of the real pool (real val for
+       model selection when ``selection.adapt`` is ``real-val``)
+    5. final evaluation, once: real test (through ``RealSplits.for_final_evaluation``), the ideal
+       simulation of the same test inputs, and the sim test split
+    6. everything logged into the cell's MLflow run
+
+Cache keys hold everything that determines an entry, so a changed config never reuses a stale
+model.  The source is split once per study (``data.split_seed``) into sim train / val / test and
+the real pool / val / test inputs; the splits and the cell's real training ids are logged.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.errors import SimgapError
+from studies.cache import ArtifactCache
+from studies.config import ZERO_SHOT, StudyConfig, config_hash
+
+CACHE_VERSION = 1
+SPLIT_NAMES = ("sim_train", "sim_val", "sim_test", "pool", "val", "test")
+
+
+# ---------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class StudyData:
+    images: object  # harness.data.ImageSet
+    splits: dict  # name -> LongTensor of row ids (row id = input id of the captures)
+
+    @property
+    def splits_hash(self) -> str:
+        return config_hash({k: v.tolist() for k, v in self.splits.items()})
+
+
+@lru_cache(maxsize=4)
+def _load_data(data_json: str) -> StudyData:
+    from harness.data import load_source, split_indices
+
+    data = json.loads(data_json)
+    images = load_source(data["source"], data["size"], data["data_root"], data["limit"])
+    sizes = {
+        "sim_train": data["sim"]["train"], "sim_val": data["sim"]["val"],
+        "sim_test": data["sim"]["test"], "pool": data["real"]["pool"],
+        "val": data["real"]["val"], "test": data["real"]["test"],
+    }  # fmt: skip
+    if sum(sizes.values()) > len(images):
+        raise SimgapError(
+            f"data: sim + real sizes ask for {sum(sizes.values())} images but the source "
+            f"{data['source']} has {len(images)} (after limit)"
+        )
+    return StudyData(images, split_indices(images.labels, sizes, seed=data["split_seed"]))
+
+
+def study_data(config: StudyConfig) -> StudyData:
+    return _load_data(config.data.model_dump_json())
+
+
+def device_of(config: StudyConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+# ---------------------------------------------------------------------------------- keys
+def sim_key(config: StudyConfig, policy: str, seed: int) -> dict:
+    spec = config.policy(policy)
+    budget = config.training.model_dump()
+    if spec.lr is not None:
+        budget["lr"] = spec.lr
+    return {
+        "kind": "sim", "v": CACHE_VERSION, "seed": seed,
+        "data": config.data.model_dump(mode="json"),
+        "optics": config.optics.model_dump(mode="json"),
+        "model": config.model.model_dump(mode="json"),
+        "training": budget, "selection": config.selection.sim,
+        "policy": {"name": spec.name, "strengths": dict(sorted(spec.strengths.items()))},
+    }  # fmt: skip
+
+
+def capture_key(config: StudyConfig, policy: str, seed: int, bench: int) -> dict:
+    return {"kind": "captures", "v": CACHE_VERSION, "sim": config_hash(sim_key(config, policy, seed)),
+            "bench": bench, "preset": config.bench.preset}
+
+
+def train_config(config: StudyConfig, budget, seed: int, lr: float | None = None):
+    from harness.train import TrainConfig
+
+    return TrainConfig(
+        epochs=budget.epochs, batch_size=budget.batch_size, lr=lr or budget.lr,
+        optics_lr=budget.optics_lr, weight_decay=budget.weight_decay, seed=seed,
+        device=str(device_of(config)), progress=False,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------- stage 1
+def train_sim_model(config: StudyConfig, spec, seed: int, out: Path, callback=None,
+                    checkpoint_dir: Path | None = None) -> dict:
+    """Train the hybrid model in simulation under ``spec``'s policy; writes ``model.pt``,
+    ``history.json`` and the exported ``mask/`` into ``out``.  Returns the history record."""
+    from augment.policy import build_policy
+    from harness.masks import export_mask
+    from harness.models import HybridModel, save_model
+    from harness.optics import FourF
+    from harness.train import ImageData, fit
+
+    data = study_data(config)
+    images, labels, split = data.images.images, data.images.labels, data.splits
+    encoder = FourF(config.optics, channels=config.model.channels, init=config.model.mask_init,
+                    seed=seed)
+    model = HybridModel(encoder, config.model.digital, data.images.num_classes, config.model.task,
+                        seed=seed)
+    policy = build_policy(spec.name, spec.strengths, config.optics)
+    train = ImageData(images[split["sim_train"]], labels[split["sim_train"]], split="sim-train")
+    val = None
+    if config.selection.sim == "sim-val":
+        val = ImageData(images[split["sim_val"]], labels[split["sim_val"]], split="sim-val")
+    result = fit(model, train, val, train_config(config, config.training, seed, spec.lr),
+                 policy=policy, callback=callback, checkpoint_dir=checkpoint_dir,
+                 train_optics=config.model.train_optics)
+    model = model.cpu()
+    save_model(model, out / "model.pt")
+    export_mask(model.encoder.phase.detach(), config.optics, out / "mask")
+    record = {"history": result.history, "best_epoch": result.best_epoch,
+              "policy": policy.params(), "splits_hash": data.splits_hash}
+    (out / "history.json").write_text(json.dumps(record, indent=1, default=str))
+    return record
+
+
+def sim_model(config: StudyConfig, cache: ArtifactCache, policy: str, seed: int):
+    """(model, record) of the cached sim model, training it first if needed."""
+    from harness.models import load_model
+
+    key = sim_key(config, policy, seed)
+    ckpt = cache.path("sim", key).with_name(f".{config_hash(key)}.ckpt")
+
+    def build(tmp: Path) -> None:
+        train_sim_model(config, config.policy(policy), seed, tmp, checkpoint_dir=ckpt)
+
+    path, _ = cache.get_or_build("sim", key, build)
+    if ckpt.exists():
+        import shutil
+
+        shutil.rmtree(ckpt, ignore_errors=True)
+    record = json.loads((path / "history.json").read_text())
+    return load_model(path / "model.pt").to(device_of(config)), record, path
+
+
+# ---------------------------------------------------------------------------------- stage 2-3
+def capture_set(config: StudyConfig, cache: ArtifactCache, policy: str, seed: int,
+                bench_seed: int, model=None) -> Path:
+    """The cached capture set (pool / val / test inputs) of the sim model's mask on a bench."""
+    from harness.bench import EmulatedBench, capture_dataset
+
+    key = capture_key(config, policy, seed, bench_seed)
+
+    def build(tmp: Path) -> None:
+        nonlocal model
+        if model is None:
+            model, _, _ = sim_model(config, cache, policy, seed)
+        data = study_data(config)
+        bench = EmulatedBench(config.optics, bench_seed, config.bench.preset)
+        splits = {s: data.splits[s] for s in ("pool", "val", "test")}
+        capture_dataset(bench, model.encoder.cpu(), data.images, splits, tmp / "set",
+                        progress=False, info={"simgap": {"sim_key": config_hash(key)}})
+
+    path, _ = cache.get_or_build("captures", key, build)
+    return path / "set"
+
+
+def real_splits(config: StudyConfig, capture_dir: Path):
+    """Pool / val / sealed test of a capture set, paired with the displayed input images
+    (decoded once per process: consecutive cells of a worker share their capture set)."""
+    return _real_splits(config.data.model_dump_json(), str(Path(capture_dir).resolve()))
+
+
+@lru_cache(maxsize=2)
+def _real_splits(data_json: str, capture_dir: str):
+    from harness.captures import read_capture_set
+    from harness.train import RealSplits
+
+    captures = read_capture_set(capture_dir)
+    return RealSplits.from_capture_set(captures, _load_data(data_json).images.images)
+
+
+# ---------------------------------------------------------------------------------- stage 4-6
+def run_cell(handle, cell, run) -> dict:
+    """Run one cell; logs into ``run`` (a :class:`studies.tracking.CellRun`), returns final
+    metrics (``real_test_acc`` first)."""
+    from baselines import get_method
+    from harness.train import ImageData
+
+    config: StudyConfig = handle.config
+    cache = ArtifactCache(handle.cache_dir)
+    data = study_data(config)
+    model, record, _ = sim_model(config, cache, cell.policy, cell.seed)
+    cap_dir = capture_set(config, cache, cell.policy, cell.seed, cell.bench, model)
+    real = real_splits(config, cap_dir)
+    run.log_params({
+        **{k: v for k, v in record["policy"].items()},
+        "sim_key": config_hash(sim_key(config, cell.policy, cell.seed)),
+        "capture_key": config_hash(capture_key(config, cell.policy, cell.seed, cell.bench)),
+        "splits_hash": data.splits_hash, "bench_preset": config.bench.preset,
+        "sim_best_epoch": record["best_epoch"],
+    })  # fmt: skip
+    run.log_history("sim", record["history"])
+
+    fractions = real.pool_fractions([cell.fraction], cell.seed)
+    pool = fractions[cell.fraction]
+    val = real.val if config.selection.adapt == "real-val" else None
+    metrics: dict = {"n_real_train": len(pool)}
+    method_metrics = None
+    if cell.method == ZERO_SHOT:
+        adapted = model
+    else:
+        method = get_method(cell.method)
+        split = data.splits["sim_train"]
+        sim_train = ImageData(data.images.images[split], data.images.labels[split],
+                              split="sim-train")
+        from augment.policy import build_policy
+
+        spec = config.policy(cell.policy)
+        result = method(
+            model, pool, val, train_config(config, config.adapt, cell.seed), cell.seed,
+            sim_train=sim_train, policy=build_policy(spec.name, spec.strengths, config.optics),
+            callback=lambda epoch, m: run.log_metrics(
+                {f"adapt/{k}": v for k, v in m.items() if k != "epoch"}, epoch),
+        )
+        adapted, method_metrics = result.model, result.metrics
+        metrics["adapt_best_epoch"] = result.metrics.get("best_epoch", -1)
+    if pool.input_ids is not None:
+        _log_json(run, "real_train_ids.json", pool.input_ids.tolist())
+    if method_metrics is not None and "val_accuracy" in method_metrics:
+        metrics["real_val_acc"] = method_metrics["val_accuracy"]
+    elif len(real.val) and adapted.classifies:
+        metrics["real_val_acc"] = _scores(adapted, real.val)[0]["acc"]
+
+    # ---- final evaluation: the only place real test is read
+    test = real.for_final_evaluation()
+    real_scores, f_real = _scores(adapted, test)
+    metrics.update({f"real_test_{k}": v for k, v in real_scores.items()})
+    if cell.method == ZERO_SHOT:  # the sim side of the gap: same inputs, ideal simulation
+        twins = ImageData(test.images, test.labels, split="sim-twins-of-test")
+        twin_scores, f_sim = _scores(adapted, twins)
+        metrics.update({f"sim_real_test_{k}": v for k, v in twin_scores.items()})
+        split = data.splits["sim_test"]
+        sim_test = ImageData(data.images.images[split], data.images.labels[split],
+                             split="sim-test")
+        metrics.update({f"sim_test_{k}": v for k, v in _scores(adapted, sim_test)[0].items()})
+        if "acc" in real_scores:
+            metrics["gap"] = twin_scores["acc"] - real_scores["acc"]
+        from harness.metrics import feature_distance
+
+        dist = feature_distance(f_sim, f_real)
+        metrics.update({"feature_mmd2": dist["mmd2"], "feature_frechet": dist["frechet"]})
+        _log_features(run, f_sim, f_real, twins.labels, test.labels, config.report.feature_points)
+    primary = config.primary_metric
+    run.log_metrics({f"curve/{primary}": metrics[primary]}, step=round(cell.percent))
+    return {primary: metrics.pop(primary), **metrics}
+
+
+def _scores(model, data) -> tuple[dict, torch.Tensor]:
+    """({acc | psnr, ssim}, features) of ``model`` on ``data`` from one pass."""
+    from harness.metrics import accuracy, reconstruction_metrics
+    from harness.train import predict
+
+    out = predict(model, data)
+    scores = {}
+    if "logits" in out:
+        scores["acc"] = accuracy(out["logits"], data.labels)
+    targets = data.targets(torch.arange(len(data)))
+    if "recon" in out and targets is not None:
+        rec = reconstruction_metrics(out["recon"], targets)
+        scores.update({k: rec[k] for k in ("psnr", "ssim") if k in rec})
+    return scores, out["features"]
+
+
+def _log_json(run, name: str, obj) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(json.dumps(obj))
+        run.log_artifact(path)
+
+
+def _log_features(run, f_sim, f_real, y_sim, y_real, points: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "features.npz"
+        np.savez(path, sim_features=f_sim[:points].numpy(), real_features=f_real[:points].numpy(),
+                 sim_labels=y_sim[:points].numpy(), real_labels=y_real[:points].numpy())
+        run.log_artifact(path)

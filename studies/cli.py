@@ -1,0 +1,178 @@
+"""``simgap study ...`` and ``simgap tune``.
+
+    simgap study run [CONFIG] [--out DIR] [--workers N]     run (or resume) a study, then report
+    simgap study worker STUDY_DIR_OR_URL                     join a study from any machine
+    simgap study status STUDY_DIR_OR_URL                     cells done / running / waiting / failed
+    simgap study report STUDY_DIR                            (re)build the report from the stores
+    simgap study check [CONFIG]                              validate a config, print the grid size
+    simgap tune [CONFIG] [--trials N]                        TPE over policy strengths (real val)
+
+CONFIG is a YAML file or a preset name (``quick``, the default, or ``paper``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+from harness.errors import SimgapError
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("simgap")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _load(config_arg):
+    from studies.config import load_config, resolve_config_path, validate_components
+
+    config = load_config(config_arg)
+    validate_components(config, str(resolve_config_path(config_arg)))
+    return config
+
+
+def _cmd_run(args) -> int:
+    from studies.grid import grid_cells, run_study
+
+    _setup_logging()
+    config = _load(args.config)
+    if args.workers < 1:
+        raise SimgapError(f"--workers: must be at least 1, got {args.workers}")
+    out = Path(args.out) if args.out else Path("runs") / config.name
+    n = len(grid_cells(config))
+    print(f"study {config.name}: {n} cells, {args.workers} worker(s), folder {out}", flush=True)
+    t0 = time.time()
+    summary = run_study(config, out, args.workers, args.storage, args.tracking_uri,
+                        report=not args.no_report)
+    minutes = (time.time() - t0) / 60
+    print(f"cells complete: {summary['complete']}/{summary['cells']} in {minutes:.1f} min")
+    for cell, error in summary["errors"].items():
+        print(f"  failed: {cell}: {error}")
+    if "report" in summary:
+        print(f"report: {summary['report']}")
+    return 0 if summary["complete"] == summary["cells"] else 1
+
+
+def _cmd_worker(args) -> int:
+    from studies.grid import run_worker
+
+    _setup_logging()
+    done = run_worker(args.target, args.study, args.cache, args.tracking_uri, args.parent_pid,
+                      wait=not args.no_wait)
+    print(f"worker finished: {done} cell(s) run here")
+    return 0
+
+
+def _cmd_status(args) -> int:
+    from studies.grid import grid_summary, open_study, requeue_stale
+
+    handle = open_study(args.target, args.study)
+    requeue_stale(handle)
+    counts: dict[str, int] = {}
+    for t in handle.study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    summary = grid_summary(handle)
+    print(f"study {handle.study_name}: {summary['complete']}/{summary['cells']} cells complete")
+    print("trials: " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())))
+    for cell, error in summary["errors"].items():
+        print(f"  failed: {cell}: {error}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from studies.report import build_report
+
+    path = build_report(args.study_dir, tracking_uri=args.tracking_uri)
+    print(f"report: {path}")
+    return 0
+
+
+def _cmd_check(args) -> int:
+    from studies.config import resolve_config_path
+    from studies.grid import grid_cells
+
+    config = _load(args.config)
+    cells = grid_cells(config)
+    models = {(c.policy, c.seed) for c in cells}
+    captures = {(c.policy, c.seed, c.bench) for c in cells}
+    print(f"{resolve_config_path(args.config)}: ok ({config.name}): {len(cells)} cells, "
+          f"{len(models)} sim trainings, {len(captures)} capture sets")
+    return 0
+
+
+def _cmd_tune(args) -> int:
+    from studies.tune import run_tuning
+
+    _setup_logging()
+    config = _load(args.config)
+    out = Path(args.out) if args.out else Path("runs") / f"{config.name}-tune"
+    result = run_tuning(config, out, trials=args.trials, policy=args.policy, seed=args.seed,
+                        storage=args.storage, tracking_uri=args.tracking_uri,
+                        bench_seed=args.bench_seed)
+    print(f"best real-val accuracy {result['value']:.4f} (trial {result['trial']})")
+    print(f"tuned policy: {result['path']}")
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    study = subparsers.add_parser("study", help="run, resume, join and report studies")
+    sub = study.add_subparsers(dest="study_command", metavar="ACTION")
+
+    def _usage(args) -> int:
+        study.print_help()
+        return 0
+
+    study.set_defaults(func=_usage)
+
+    run = sub.add_parser("run", help="run (or resume) a study, then build its report")
+    run.add_argument("config", nargs="?", default=None,
+                     help="study YAML or preset name (quick [default], paper)")
+    run.add_argument("--out", help="study folder (default runs/<name>)")
+    run.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    run.add_argument("--storage", help="Optuna storage URL (default sqlite in the study folder)")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite in the folder)")
+    run.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    run.set_defaults(func=_cmd_run)
+
+    worker = sub.add_parser("worker", help="join a study (its folder or storage URL) and run cells")
+    worker.add_argument("target", help="study folder, or a storage URL (postgresql://..., "
+                        "journal:/shared/study.log)")
+    worker.add_argument("--study", help="study name when the storage holds several")
+    worker.add_argument("--cache", help="artifact cache folder (default: the study folder's)")
+    worker.add_argument("--tracking-uri", help="override the study's MLflow tracking URI")
+    worker.add_argument("--no-wait", action="store_true",
+                        help="exit when no cell is waiting (do not wait for running ones)")
+    worker.add_argument("--parent-pid", type=int, help="exit when this process is gone (internal)")
+    worker.set_defaults(func=_cmd_worker)
+
+    status = sub.add_parser("status", help="how many cells are done, running, waiting, failed")
+    status.add_argument("target", help="study folder or storage URL")
+    status.add_argument("--study", help="study name when the storage holds several")
+    status.set_defaults(func=_cmd_status)
+
+    report = sub.add_parser("report", help="build the report from the study's stores")
+    report.add_argument("study_dir")
+    report.add_argument("--tracking-uri", help="override the study's MLflow tracking URI")
+    report.set_defaults(func=_cmd_report)
+
+    check = sub.add_parser("check", help="validate a study config and print the grid size")
+    check.add_argument("config", nargs="?", default=None)
+    check.set_defaults(func=_cmd_check)
+
+    tune = subparsers.add_parser("tune", help="tune policy strengths (TPE, objective: real val)")
+    tune.add_argument("config", nargs="?", default=None, help="study YAML or preset name")
+    tune.add_argument("--out", help="tuning folder (default runs/<name>-tune)")
+    tune.add_argument("--trials", type=int, default=20)
+    tune.add_argument("--policy", default="physics", help="registered policy to tune")
+    tune.add_argument("--seed", type=int, help="training seed (default: the config's first)")
+    tune.add_argument("--bench-seed", type=int, help="bench seed (default: the config's first)")
+    tune.add_argument("--storage", help="Optuna storage URL (default sqlite in the folder)")
+    tune.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite in the folder)")
+    tune.set_defaults(func=_cmd_tune)
