@@ -504,6 +504,10 @@ def resolve_mask(spec: str, channels: int | None = None, size: int | None = None
     """
     from harness.masks import initial_phase, load_mask, optics_config_from_meta
 
+    if channels is not None and channels < 1:
+        raise SimgapError(f"--channels: must be at least 1, got {channels}")
+    if size is not None and size < 4:
+        raise SimgapError(f"--size: must be at least 4, got {size}")
     if spec in MASK_INITS:
         cfg = OpticsConfig(n=size or 32)
         return initial_phase(spec, cfg, channels or 1, seed), cfg

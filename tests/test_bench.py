@@ -51,7 +51,8 @@ def small_cnn(k: int) -> nn.Module:
 def train_on_frames(frames, labels, epochs=4, seed=0) -> nn.Module:
     """Minimal classifier training on fixed frames.
 
-    TODO: switch to harness.train.fit with a HybridModel (frozen optics) once it is stable.
+    TODO: switch to harness.train.fit + HybridModel (frozen optics) once its small_cnn (much
+    larger than this net) fits the test's time budget on a 2-core CPU.
     """
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -309,6 +310,8 @@ def test_capture_writes_tiff_and_refuses_a_non_empty_folder(tmp_path, monkeypatc
         (["capture", "--mask", "edge", "--format", "jpg"], "--format: 'jpg'"),
         (["capture", "--mask", "edge", "--pool", "5000"], "--pool: 5000 inputs asked"),
         (["export-mask", "zeros", "--test", "-1"], "--test: must be a non-negative"),
+        (["export-mask", "random", "--channels", "0"], "--channels: must be at least 1"),
+        (["capture", "--mask", "edge", "--bench-seed", "-3"], "bench seed: must be a non-negative"),
     ],
 )
 def test_cli_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys, argv, message):
