@@ -3,12 +3,13 @@
 A bench seed fixes ONE draw of every physics family the augmentation policies sample (camera
 defocus, SLM / camera misalignment, LUT error, fixed-pattern SLM phase noise, sensor) PLUS effects
 no policy models: Zernike astigmatism / coma / spherical, zero-order leakage, SLM fringing, a PRNU
-map, vignetting, an uncorrected display gamma, 8-bit display quantization and a slow drift of the
-mask and camera shifts with the capture index.  The bench shows the *learned* mask (the phase of
+map, vignetting, a display gamma error (an uncorrected γ ≈ 2.2 at ``harsh``), 8-bit display
+quantization and a slow drift of the mask and camera shifts with the capture index.  The bench shows the *learned* mask (the phase of
 the encoder it is given) on its SLM through its own imperfect optics (same OpticsConfig geometry).
 
 Draws.  Every magnitude is ``level × U(0.6, 1)`` with a random sign (scalars) or a random direction
-(2-vectors: shifts, astigmatism, coma); ``level`` comes from the preset.  The unit draws depend on
+(2-vectors: shifts, astigmatism, coma); ``level`` comes from the preset (sensor levels are spread
+as noted in :class:`BenchPreset`).  The unit draws depend on
 the seed only, so ``mild`` / ``typical`` / ``harsh`` of one seed are the same bench at growing
 strength.  Defocus is stated in waves W020 at the pupil edge: Δz = W020 · config.dz_per_wave.
 
@@ -329,9 +330,13 @@ class EmulatedBench:
 def _atomic_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
