@@ -192,3 +192,23 @@ def test_registry():
     assert set(METHODS) == {"finetune-head", "finetune-full", "real-only", "siamese"}
     with pytest.raises(SimgapError, match="method"):
         get_method("dann")
+
+
+def test_demo_command(tmp_path, capsys):
+    import json
+
+    from harness.cli import main
+
+    out = tmp_path / "demo.json"
+    args = "demo --source digits --size 16 --train 100 --val 50 --pool 100 --real-val 50 "
+    args += "--test 50 --epochs 1 --channels 1 --mask-init random --adapt-epochs 1 "
+    args += f"--adapt-steps 2 --fractions 5,20 --quiet --json {out}"
+    assert main(args.split()) == 0
+    printed = capsys.readouterr().out
+    assert "| none" in printed and "| physics" in printed and "bench 20%" in printed
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["policy"] for r in rows] == ["none", "physics"]
+    assert all(0 <= r[k] <= 1 for r in rows for k in ("sim", "bench 0%", "bench 5%"))
+    assert rows[0]["n 5%"] == 10 and rows[0]["n 20%"] == 20
+    with pytest.raises(SystemExit):
+        main(["demo", "--fractions", "5,abc"])
