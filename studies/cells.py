@@ -107,7 +107,8 @@ def train_config(config: StudyConfig, budget, seed: int, lr: float | None = None
 def train_sim_model(config: StudyConfig, spec, seed: int, out: Path, callback=None,
                     checkpoint_dir: Path | None = None) -> dict:
     """Train the hybrid model in simulation under ``spec``'s policy; writes ``model.pt``,
-    ``history.json`` and the exported ``mask/`` into ``out``.  Returns the history record."""
+    ``history.json`` and the exported ``mask/`` into ``out``.  ``callback(model, epoch,
+    metrics)`` runs after each epoch.  Returns the history record."""
     from augment.policy import build_policy
     from harness.masks import export_mask
     from harness.models import HybridModel, save_model
@@ -125,8 +126,9 @@ def train_sim_model(config: StudyConfig, spec, seed: int, out: Path, callback=No
     val = None
     if config.selection.sim == "sim-val":
         val = ImageData(images[split["sim_val"]], labels[split["sim_val"]], split="sim-val")
+    hook = None if callback is None else (lambda epoch, metrics: callback(model, epoch, metrics))
     result = fit(model, train, val, train_config(config, config.training, seed, spec.lr),
-                 policy=policy, callback=callback, checkpoint_dir=checkpoint_dir,
+                 policy=policy, callback=hook, checkpoint_dir=checkpoint_dir,
                  train_optics=config.model.train_optics)
     model = model.cpu()
     save_model(model, out / "model.pt")
