@@ -322,8 +322,8 @@ class FourF(torch.nn.Module):
         return field
 
     # ----------------------------------------------------------------- propagation
-    def field(self, images: torch.Tensor, imp: Imperfections | None = None) -> torch.Tensor:
-        """Output field w on the full N x N grid (B, k, N, N), up to a (−1)^(x+y) sign.
+    def input_spectrum(self, images: torch.Tensor, imp: Imperfections | None = None) -> torch.Tensor:
+        """FFT of the displayed input field times the system pupil, (B, 1, N, N), centred.
 
         An SLM moved by δ and rotated by R shows M'(ρ) = M(R⁻¹(ρ − δ)).  Substituting
         ρ = R ρ' + δ keeps the mask on its own grid (no resampling of e^{iφ}, no energy loss):
@@ -354,17 +354,21 @@ class FourF(torch.nn.Module):
         pupil = self.pupil_phase(imp, grid)
         if pupil is not None:
             spectrum = spectrum * torch.polar(torch.ones_like(pupil), pupil)
-        return torch.fft.ifft2(spectrum * self.slm_field(imp))
+        return spectrum
+
+    def field(self, images: torch.Tensor, imp: Imperfections | None = None) -> torch.Tensor:
+        """Output field w = IFFT(spectrum · M) on the full N x N grid (B, k, N, N), up to a
+        (−1)^(x+y) sign and, with an SLM rotation, in the rotated frame."""
+        return torch.fft.ifft2(self.input_spectrum(images, imp) * self.slm_field(imp))
 
     def intensity(self, images: torch.Tensor, imp: Imperfections | None = None) -> torch.Tensor:
         """Optical intensity on the camera window (B, k, n, n), before the sensor."""
-        out = self.field(images, imp)
         back = self._rotated_grid(imp, sign=-1.0)
         if back is not None:  # |w(Rᵀ x)|²: sample the full-grid power at R(−θ) x, then crop
-            power = torch.view_as_real(out).square().sum(-1)
+            power = torch.view_as_real(self.field(images, imp)).square().sum(-1)
             return self._resample(power, *back)[..., self._window[0], self._window[1]]
-        crop = torch.view_as_real(out[..., self._window[0], self._window[1]])
-        return crop.square().sum(-1)
+        spectrum = self.input_spectrum(images, imp)
+        return CroppedIntensity.apply(spectrum, self.slm_field(imp), self._start, self.config.n)
 
     def forward(
         self,
@@ -373,6 +377,46 @@ class FourF(torch.nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         return self.camera(self.intensity(images, imp), imp, generator)
+
+
+def _sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum a broadcast gradient back to ``shape`` (leading dims and size-1 dims)."""
+    lead = grad.dim() - len(shape)
+    if lead:
+        grad = grad.sum(tuple(range(lead)))
+    dims = tuple(i for i, size in enumerate(shape) if size == 1 and grad.shape[i] != 1)
+    return grad.sum(dims, keepdim=True) if dims else grad
+
+
+class CroppedIntensity(torch.autograd.Function):
+    """|IFFT(S · M)|² on the n x n camera window, with a fused backward.
+
+    Backward: g = 2 w ∂L/∂I zero-padded to N x N, G = FFT(g) / N² (the adjoint of the IFFT),
+    ∂L/∂M = Σ conj(S) G and ∂L/∂S = Σ conj(M) G (PyTorch's complex-gradient convention).  Saves
+    the autograd graph's slice, power and product copies; only the crop of w is kept.
+    """
+
+    @staticmethod
+    def forward(ctx, spectrum, mask, start: int, n: int):
+        out = torch.fft.ifft2(spectrum * mask)
+        crop = out[..., start : start + n, start : start + n]
+        ctx.save_for_backward(spectrum, mask, crop)
+        ctx.geometry = (start, n, out.shape)
+        return torch.view_as_real(crop).square().sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        spectrum, mask, crop = ctx.saved_tensors
+        start, n, shape = ctx.geometry
+        padded = crop.new_zeros(shape)
+        padded[..., start : start + n, start : start + n] = crop * (2 * grad)
+        G = torch.fft.fft2(padded, norm="forward")
+        grad_spectrum = grad_mask = None
+        if ctx.needs_input_grad[0]:
+            grad_spectrum = _sum_to(G * mask.conj(), spectrum.shape)
+        if ctx.needs_input_grad[1]:
+            grad_mask = _sum_to(G * spectrum.conj(), mask.shape)
+        return grad_spectrum, grad_mask, None, None
 
 
 def gaussian_blur_fft(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

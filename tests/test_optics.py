@@ -257,6 +257,16 @@ def test_gradients_flow_to_the_mask_and_match_finite_differences():
             down = loss().item()
             enc.phase[idx] += eps
         assert grad[idx].item() == pytest.approx((up - down) / (2 * eps), rel=1e-4, abs=1e-9)
+    # The gradient also reaches per-sample imperfections (through the input spectrum).
+    dz = imp.defocus_dz.clone().requires_grad_(True)
+    imp.defocus_dz = dz
+    loss().backward()
+    with torch.no_grad():
+        imp.defocus_dz = dz + torch.tensor([eps, 0.0], dtype=torch.float64)
+        up = loss().item()
+        imp.defocus_dz = dz - torch.tensor([eps, 0.0], dtype=torch.float64)
+        down = loss().item()
+    assert dz.grad[0].item() == pytest.approx((up - down) / (2 * eps), rel=1e-4)
 
 
 def test_edge_init_gives_edge_detecting_psf():
