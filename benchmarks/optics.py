@@ -17,6 +17,7 @@ import time
 import torch
 
 from harness.optics import FourF, Imperfections, OpticsConfig
+from harness.runtime import tune_cpu_allocator
 
 
 def timed(fn, repeats: int, device: str) -> float:
@@ -73,9 +74,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--imperfect", action="store_true",
                         help="also sample per-sample defocus, mask shift and camera shift")
+    parser.add_argument("--no-malloc-tuning", action="store_true",
+                        help="keep glibc's default mmap threshold (see harness.runtime)")
     args = parser.parse_args()
+    tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
     print(f"device={args.device} batch={args.batch} threads={torch.get_num_threads()} "
-          f"torch={torch.__version__} imperfect={args.imperfect}")
+          f"torch={torch.__version__} imperfect={args.imperfect} malloc_tuned={tuned}")
     print(f"{'n':>4} {'k':>2} {'N':>4} {'images/s':>10} {'model/FFT':>10}")
     for n in (32, 64, 128):
         for k in (1, 4):

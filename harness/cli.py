@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from harness.errors import SimgapError
+from harness.runtime import configure_threads, tune_cpu_allocator
 
 # Modules that contribute sub-commands, in the order they appear in ``simgap --help``.
 COMMAND_MODULES = (
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    tune_cpu_allocator()
+    configure_threads(getattr(args, "workers", None) or 1)
     try:
         result = args.func(args)
     except SimgapError as exc:
