@@ -173,7 +173,7 @@ def capture_set(config: StudyConfig, cache: ArtifactCache, policy: str, seed: in
         data = study_data(config)
         bench = EmulatedBench(config.optics, bench_seed, config.bench.preset)
         splits = {s: data.splits[s] for s in ("pool", "val", "test")}
-        capture_dataset(bench, model.encoder.cpu(), data.images, splits, tmp / "set",
+        capture_dataset(bench, model.encoder.phase.detach(), data.images, splits, tmp / "set",
                         progress=False, info={"simgap": {"sim_key": config_hash(key)}})
 
     path, _ = cache.get_or_build("captures", key, build)

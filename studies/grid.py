@@ -389,10 +389,11 @@ def _enqueue(handle: StudyHandle, cells: list, extra_attrs: dict) -> None:
 
 
 def _process_start(pid: int) -> str | None:
-    """The kernel's start time of process ``pid`` (tells a reused pid apart); None if gone."""
+    """The kernel's start time of process ``pid`` (tells a reused pid apart); None if gone
+    (or a zombie); "?" when alive but the start time is unknown (no /proc)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[19]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else fields[19]
     except (OSError, IndexError):
         try:
             os.kill(pid, 0)
@@ -403,8 +404,18 @@ def _process_start(pid: int) -> str | None:
         return "?"
 
 
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _worker_identity() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())}
+    """Who runs a trial: host (+ boot id, so two machines sharing a hostname differ), pid and
+    process start time."""
+    return {"host": socket.gethostname(), "boot": _boot_id(), "pid": os.getpid(),
+            "start": _process_start(os.getpid())}
 
 
 def _is_stale(trial, now: float, stale_after: float) -> bool:
@@ -412,7 +423,7 @@ def _is_stale(trial, now: float, stale_after: float) -> bool:
     if not worker:  # claimed but not yet started: judge by the claim time
         started = trial.datetime_start.timestamp() if trial.datetime_start else now
         return now - started > stale_after
-    if worker.get("host") == socket.gethostname():
+    if worker.get("host") == socket.gethostname() and worker.get("boot", "") == _boot_id():
         start = _process_start(int(worker["pid"]))
         if start is None or (start != "?" and start != worker.get("start")):
             return True
@@ -579,7 +590,7 @@ def _run_trial(handle, trial: optuna.Trial, cell: Cell, runner: Runner, tracker)
             {**cell.params, "percent": cell.percent, "variant": cell.variant},
         )
         trial.set_user_attr("mlflow_run_id", run.run_id)
-        log.info("cell %s (trial %d)", cell.id, trial.number)
+        log.debug("cell %s (trial %d)", cell.id, trial.number)
         metrics = runner(handle, cell, run)
         metrics = {k: float(v) for k, v in metrics.items()}
         metrics["cell_seconds"] = time.time() - t0
@@ -588,8 +599,10 @@ def _run_trial(handle, trial: optuna.Trial, cell: Cell, runner: Runner, tracker)
         objective = handle.config.primary_metric
         handle.study.tell(trial, metrics[objective])
         run.end("FINISHED")
-        log.info("done %s: %s = %.4f (%.0f s)", cell.id, objective, metrics[objective],
-                 metrics["cell_seconds"])
+        total = len(grid_cells(handle.config))
+        done = grid_summary(handle)["complete"]
+        log.info("[%d/%d] %s: %s = %.4f (%.0f s)", done, total, cell.id, objective,
+                 metrics[objective], metrics["cell_seconds"])
         return True
     except (KeyboardInterrupt, SystemExit):
         beat.stop.set()

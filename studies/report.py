@@ -184,8 +184,8 @@ def needed_percent(percent: np.ndarray, mean: np.ndarray, target: float) -> floa
     """Smallest % of real data at which the (mean) curve reaches ``target``, interpolating
     linearly between measured fractions; None when even the largest fraction falls short."""
     for i, (p, m) in enumerate(zip(percent, mean)):
-        if m >= target:
-            if i == 0:
+        if m >= target - 1e-6:  # equal up to rounding counts as reached
+            if i == 0 or m <= target:
                 return float(p)
             p0, m0 = percent[i - 1], mean[i - 1]
             return float(p0 + (target - m0) * (p - p0) / (m - m0))
@@ -244,27 +244,37 @@ def _save(fig, stem: Path) -> None:
 
 
 def figure_curves(points: pd.DataFrame, config: StudyConfig, metric: str, stem: Path) -> None:
+    """One panel per adaptation method: a line per policy (band = 95 % CI over seeds x
+    benches), the real-only reference dashed in every panel."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     s = summarize(points, ["curve", "percent"], metric)
-    for curve in _curve_order(config):
+    methods = [m for m in config.methods if m != "real-only"] or ["real-only"]
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.6 * len(methods), 3.8), sharey=True,
+                             squeeze=False)
+    colors = {p.key: f"C{i}" for i, p in enumerate(config.policies)}
+    ticks = sorted(points["percent"].unique())
+
+    def draw(ax, curve, label, **style):
         c = s[s["curve"] == curve].sort_values("percent")
         if c.empty:
-            continue
-        ref = curve == "real-only"
-        style = {"color": "black", "linestyle": "--"} if ref else {}
-        line = ax.plot(c["percent"], c["mean"], marker="o", label=curve, **style)[0]
+            return
+        ax.plot(c["percent"], c["mean"], marker="o", label=label, **style)
         band = c["ci95"].fillna(0.0)
         ax.fill_between(c["percent"], c["mean"] - band, c["mean"] + band, alpha=0.15,
-                        color=line.get_color())
-    ax.set_xscale("symlog", linthresh=1.0)
-    ticks = sorted(points["percent"].unique())
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    ax.set_xlabel("labelled real data used (% of the pool)")
-    ax.set_ylabel(metric.replace("_", " "))
-    ax.set_title("Fine-tune-fraction curves (mean ± 95 % CI)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+                        color=style["color"])
+
+    for ax, method in zip(axes[0], methods):
+        for spec in config.policies:
+            draw(ax, f"{spec.key}/{method}", spec.key, color=colors[spec.key])
+        draw(ax, "real-only", "real-only", color="black", linestyle="--")
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_xlabel("labelled real data (% of the pool)")
+        ax.set_title(method if method != "real-only" else "reference", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel(metric.replace("_", " "))
+    fig.suptitle("Fine-tune-fraction curves (mean ± 95 % CI)", fontsize=11)
     _save(fig, stem)
 
 
@@ -365,8 +375,9 @@ def build_report(
         for name, table in tabs.items():
             write_table(table, tmp / "tables" / name, captions[name])
         head = headline(df, config, metric)
-        head_table = headline_table(head)
-        write_table(head_table, tmp / "tables" / "headline", "Headline numbers")
+        head_tables = headline_tables(head)
+        for name, table in head_tables.items():
+            write_table(table, tmp / "tables" / name, "Headline numbers (mean ± 95 % CI)")
         (tmp / "headline.json").write_text(json.dumps(head, indent=2, default=_json) + "\n")
         points = curve_points(df, config)
         figs = []
@@ -379,7 +390,7 @@ def build_report(
             figs += [("Policies at 0 % (with ablations)", "policies_zero_shot"),
                      ("Sim vs real", "sim_real_gap")]
         figs += _tsne_figures(handle, df, tmp)
-        md = report_markdown(handle, df, expected, tabs, head_table, figs, metric)
+        md = report_markdown(handle, df, expected, tabs, head_tables, figs, metric)
         (tmp / "report.md").write_text(md)
         dest = study_dir / "report"
         _swap_in(tmp, dest)
@@ -418,28 +429,28 @@ def _json(obj):
     return None if isinstance(obj, float) and not math.isfinite(obj) else str(obj)
 
 
-def headline_table(head: dict) -> pd.DataFrame:
+def headline_tables(head: dict) -> dict[str, pd.DataFrame]:
+    """Two tables: per policy at 0 % (accuracy, gap, real data the baseline needs to match it)
+    and per curve (share of its 100 % accuracy reached at 1 % and 5 %)."""
+    metric = head["metric"]
     rows = []
     for policy, s in head["zero_shot"].items():
-        rows.append({"headline": f"{head['metric']} at 0 %", "subject": policy,
-                     "value": fmt(s["mean"], s["ci95"])})
-    for policy, s in head["gap"].items():
-        rows.append({"headline": "sim-to-real gap (sim − real) at 0 %", "subject": policy,
-                     "value": fmt(s["mean"], s["ci95"])})
-    for curve, reached in head["reached"].items():
-        for frac, s in reached.items():
-            rows.append({"headline": f"share of the 100 % accuracy reached at {frac}",
-                         "subject": curve, "value": fmt(s["mean"], s["ci95"])})
-    for policy, per_method in head["baseline_needs"].items():
-        for method, pct in per_method.items():
-            rows.append({"headline": "real data the no-augmentation baseline needs to match "
-                         "this policy at 0 %", "subject": f"{policy} (via {method})",
-                         "value": "more than the largest fraction" if pct is None
-                         else f"{pct:.3g} %"})
-    return pd.DataFrame(rows, columns=["headline", "subject", "value"]).set_index("headline")
+        row = {"policy": policy, f"{metric} at 0 %": fmt(s["mean"], s["ci95"])}
+        gap = head["gap"].get(policy)
+        row["gap (sim − real)"] = fmt(gap["mean"], gap["ci95"]) if gap else "–"
+        for method, pct in head["baseline_needs"].get(policy, {}).items():
+            row[f"baseline needs (% real, {method})"] = (
+                "> largest fraction" if pct is None else f"{pct:.3g}")
+        rows.append(row)
+    per_policy = pd.DataFrame(rows).set_index("policy").fillna("–")
+    rows = [{"curve": curve, **{f"share of 100 % at {frac}": fmt(s["mean"], s["ci95"])
+                                for frac, s in reached.items()}}
+            for curve, reached in head["reached"].items()]
+    per_curve = pd.DataFrame(rows).set_index("curve") if rows else pd.DataFrame()
+    return {"headline_policies": per_policy, "headline_curves": per_curve.fillna("–")}
 
 
-def report_markdown(handle, df, expected, tabs, head_table, figs, metric) -> str:
+def report_markdown(handle, df, expected, tabs, head_tables, figs, metric) -> str:
     config = handle.config
     done = set(df["cell"])
     missing = [c.id for c in expected if c.id not in done]
@@ -467,7 +478,17 @@ def report_markdown(handle, df, expected, tabs, head_table, figs, metric) -> str
         "",
         "## Headline numbers",
         "",
-        head_table.to_markdown(),
+        (f"Per policy: {metric} with no real data, the sim-to-real gap, and how much labelled "
+        "real data the no-augmentation baseline "
+        f"(`{config.report.baseline}`) needs to match it (per adaptation method)."),
+        "",
+        head_tables["headline_policies"].to_markdown(),
+        "",
+        ("Per curve: the share of its own 100 % accuracy reached with 1 % and 5 % of the real "
+        "pool."),
+        "",
+        head_tables["headline_curves"].to_markdown() if len(head_tables["headline_curves"])
+        else "(no 100 % cells)",
         "",
     ]
     if "fraction_curves" in tabs:

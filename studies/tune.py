@@ -60,7 +60,7 @@ def real_val_accuracy(config: StudyConfig, model, bench_seed: int, workdir: Path
 
     data = cells.study_data(config)
     bench = EmulatedBench(config.optics, bench_seed, config.bench.preset)
-    capture_dataset(bench, model.encoder.cpu(), data.images, {"val": data.splits["val"]},
+    capture_dataset(bench, model.encoder.phase.detach(), data.images, {"val": data.splits["val"]},
                     workdir / "val-captures", progress=False)
     val = read_capture_set(workdir / "val-captures", splits=["val"]).val
     return _accuracy(model, val.frames, val.labels)

@@ -208,3 +208,4 @@ def test_needed_percent_interpolates():
     assert needed_percent(percent, mean, 0.55) == pytest.approx(3.0)
     assert needed_percent(percent, mean, 0.3) == 0.0
     assert needed_percent(percent, mean, 0.95) is None
+    assert needed_percent(percent, mean, 0.4 + 1e-12) == 0.0  # equal up to rounding

@@ -173,7 +173,7 @@ def test_report_is_built_from_the_stores(resumed, env):
     for name in ("fraction_curves", "policies_zero_shot", "sim_real_gap", "tsne_none"):
         assert (out / "report" / "figures" / f"{name}.png").is_file()
         assert (out / "report" / "figures" / f"{name}.pdf").is_file()
-    for name in ("fraction_curves", "zero_shot", "headline"):
+    for name in ("fraction_curves", "zero_shot", "headline_policies", "headline_curves"):
         for suffix in ("csv", "md", "tex"):
             assert (out / "report" / "tables" / f"{name}.{suffix}").is_file()
 
