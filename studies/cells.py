@@ -16,6 +16,7 @@ the real pool / val / test inputs; the splits and the cell's real training ids a
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -151,8 +152,6 @@ def sim_model(config: StudyConfig, cache: ArtifactCache, policy: str, seed: int)
 
     path, _ = cache.get_or_build("sim", key, build)
     if ckpt.exists():
-        import shutil
-
         shutil.rmtree(ckpt, ignore_errors=True)
     record = json.loads((path / "history.json").read_text())
     return load_model(path / "model.pt").to(device_of(config)), record, path
@@ -199,7 +198,9 @@ def _real_splits(data_json: str, capture_dir: str):
 def run_cell(handle, cell, run) -> dict:
     """Run one cell; logs into ``run`` (a :class:`studies.tracking.CellRun`), returns final
     metrics (``real_test_acc`` first)."""
+    from augment.policy import build_policy
     from baselines import get_method
+    from harness.metrics import feature_distance
     from harness.train import ImageData
 
     config: StudyConfig = handle.config
@@ -209,7 +210,7 @@ def run_cell(handle, cell, run) -> dict:
     cap_dir = capture_set(config, cache, cell.policy, cell.seed, cell.bench, model)
     real = real_splits(config, cap_dir)
     run.log_params({
-        **{k: v for k, v in record["policy"].items()},
+        **record["policy"],
         "sim_key": config_hash(sim_key(config, cell.policy, cell.seed)),
         "capture_key": config_hash(capture_key(config, cell.policy, cell.seed, cell.bench)),
         "splits_hash": data.splits_hash, "bench_preset": config.bench.preset,
@@ -229,8 +230,6 @@ def run_cell(handle, cell, run) -> dict:
         split = data.splits["sim_train"]
         sim_train = ImageData(data.images.images[split], data.images.labels[split],
                               split="sim-train")
-        from augment.policy import build_policy
-
         spec = config.policy(cell.policy)
         result = method(
             model, pool, val, train_config(config, config.adapt, cell.seed), cell.seed,
@@ -261,8 +260,6 @@ def run_cell(handle, cell, run) -> dict:
         metrics.update({f"sim_test_{k}": v for k, v in _scores(adapted, sim_test)[0].items()})
         if "acc" in real_scores:
             metrics["gap"] = twin_scores["acc"] - real_scores["acc"]
-        from harness.metrics import feature_distance
-
         dist = feature_distance(f_sim, f_real)
         metrics.update({"feature_mmd2": dist["mmd2"], "feature_frechet": dist["frechet"]})
         _log_features(run, f_sim, f_real, twins.labels, test.labels, config.report.feature_points)

@@ -71,13 +71,11 @@ def _cmd_worker(args) -> int:
 
 
 def _cmd_status(args) -> int:
-    from studies.grid import grid_summary, open_study, requeue_stale
+    from studies.grid import grid_summary, open_study, requeue_stale, trial_counts
 
     handle = open_study(args.target, args.study)
     requeue_stale(handle)
-    counts: dict[str, int] = {}
-    for t in handle.study.get_trials(deepcopy=False):
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    counts = trial_counts(handle)
     summary = grid_summary(handle)
     print(f"study {handle.study_name}: {summary['complete']}/{summary['cells']} cells complete")
     print("trials: " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())))

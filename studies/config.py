@@ -308,7 +308,7 @@ def resolve_config_path(name: str | Path | None) -> Path:
     """A config file path, or a preset name (``quick``, ``paper``); None = ``quick``."""
     if name is None:
         name = "quick"
-    if str(name) in PRESETS and not Path(str(name)).exists():
+    if str(name) in PRESETS and not Path(str(name)).is_file():
         return CONFIG_DIR / f"{name}.yaml"
     return Path(name)
 

@@ -263,7 +263,6 @@ def create_study(
 def _new_study(config, study_dir: Path, storage, tracking_uri) -> StudyHandle:
     url = _resolve_storage_url(storage or config.storage, study_dir)
     uri = tracking_uri or config.tracking_uri or tracking.default_tracking_uri(study_dir)
-    local_store = uri == tracking.default_tracking_uri(study_dir)
     handle = StudyHandle(
         config=config,
         storage_url=url,
@@ -271,7 +270,7 @@ def _new_study(config, study_dir: Path, storage, tracking_uri) -> StudyHandle:
         cache_dir=study_dir.resolve() / "cache",
         tracking_uri=uri,
         experiment=f"simgap/{config.name}",
-        artifact_location=tracking.default_artifact_location(study_dir) if local_store else None,
+        artifact_location=tracking.artifact_location_for(uri),
         study_dir=study_dir.resolve(),
     )
     study = optuna.create_study(
@@ -528,7 +527,8 @@ def _default_runner() -> Runner:
     return run_cell
 
 
-def _grid_state(handle: StudyHandle) -> dict[str, int]:
+def trial_counts(handle: StudyHandle) -> dict[str, int]:
+    """Number of trials per state name (COMPLETE, RUNNING, WAITING, FAIL, PRUNED)."""
     counts: dict[str, int] = {}
     for t in handle.study.get_trials(deepcopy=False):
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
@@ -555,7 +555,7 @@ def work(
         requeue_stale(handle)
         trial = _claim(handle, last_group)
         if trial is None:
-            state = _grid_state(handle)
+            state = trial_counts(handle)
             if not wait or not (state.get("RUNNING", 0) or state.get("WAITING", 0)):
                 break
             time.sleep(poll_s)
@@ -708,8 +708,11 @@ def _run_processes(out: Path, workers: int, tracking_uri: str | None) -> None:
            "--parent-pid", str(os.getpid())]
     if tracking_uri:
         cmd += ["--tracking-uri", tracking_uri]
-    threads = max(1, (os.cpu_count() or 1) // workers)  # no oversubscription of the cores
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    from harness.runtime import configure_threads
+
+    threads = str(configure_threads(workers))  # cores // workers each: no oversubscription
+    env = {"SIMGAP_THREADS": threads, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+           **os.environ}
     procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
 
     def forward(signum, _frame):

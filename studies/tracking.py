@@ -37,8 +37,11 @@ def default_tracking_uri(study_dir: Path) -> str:
     return f"sqlite:///{Path(study_dir).resolve() / 'mlflow.db'}"
 
 
-def default_artifact_location(study_dir: Path) -> str:
-    return (Path(study_dir).resolve() / "mlruns").as_uri()
+def artifact_location_for(uri: str) -> str | None:
+    """Artifacts of a SQLite store go to ``mlruns/`` next to the database file (never to the
+    working directory of whichever process creates the experiment); a server decides itself."""
+    path = _sqlite_path(uri)
+    return None if path is None else (path.resolve().parent / "mlruns").as_uri()
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -116,7 +119,7 @@ class Tracking:
         try:
             prepare_sqlite_store(uri)
             self.client = retry(MlflowClient, tracking_uri=uri)
-            self.experiment_id = self._experiment(artifact_location)
+            self.experiment_id = self._experiment(artifact_location or artifact_location_for(uri))
         except Exception as exc:  # noqa: BLE001 - stores raise assorted errors for a bad URI
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SimgapError(f"tracking_uri {uri}: cannot open the MLflow store ({msg})") from None

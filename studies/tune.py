@@ -160,9 +160,7 @@ def run_tuning(
     study.set_user_attr("kind", "simgap-tune")
     study.set_user_attr("config", config.model_dump(mode="json"))
     uri = tracking_uri or config.tracking_uri or tracking.default_tracking_uri(out)
-    local = uri == tracking.default_tracking_uri(out)
-    tracker = tracking.Tracking(uri, f"simgap/{config.name}-tune",
-                                tracking.default_artifact_location(out) if local else None)
+    tracker = tracking.Tracking(uri, f"simgap/{config.name}-tune")
     parent = tracker.parent_run(name, {"policy": policy, "seed": seed, "bench": bench_seed,
                                        "config": config.model_dump(mode="json")})
     _fail_orphans(study, config.grid.stale_after_s)

@@ -6,6 +6,7 @@ import math
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -187,6 +188,27 @@ def test_second_claim_of_a_cell_does_not_run(tmp_path):
     states = {t.number: t.state for t in handle.study.get_trials()}
     assert states[first.number] == TrialState.COMPLETE
     assert states[second.number] == TrialState.PRUNED
+
+
+def test_failed_cell_is_recorded_and_retried_by_the_next_run(tmp_path):
+    handle = _study(tmp_path, seeds=[0], methods=["finetune-head"])
+    cells = grid.grid_cells(handle.config)
+    broken, runs = cells[2].id, Counter()
+
+    def runner(_handle, cell, _run):
+        runs[cell.id] += 1
+        if cell.id == broken and runs[cell.id] == 1:
+            raise RuntimeError("out of memory\nmore detail")
+        return {"real_test_acc": cell.fraction}
+
+    assert grid.work(handle, runner) == len(cells) - 1
+    summary = grid.grid_summary(handle)
+    assert summary["failed"] == [broken]
+    assert summary["errors"] == {broken: "RuntimeError: out of memory"}
+    assert grid.sync_grid(handle) == 1  # the next `study run` queues it again ...
+    assert grid.work(handle, runner) == 1  # ... and only it runs
+    assert grid.grid_summary(handle)["complete"] == len(cells)
+    assert runs[broken] == 2 and set(runs.values()) == {1, 2} and sum(runs.values()) == len(cells) + 1
 
 
 def test_open_study_rejects_a_changed_config(tmp_path):

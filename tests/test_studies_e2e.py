@@ -31,7 +31,7 @@ METRICS = ["real_test_acc", "real_val_acc", "n_real_train", "sim_real_test_acc",
 def env(tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "simgap-cache"
     return {**os.environ, "SIMGAP_CACHE": str(cache), "SIMGAP_OFFLINE": "1",
-            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+            "SIMGAP_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
