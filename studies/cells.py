@@ -258,8 +258,8 @@ def run_cell(handle, cell, run) -> dict:
         sim_test = ImageData(data.images.images[split], data.images.labels[split],
                              split="sim-test")
         metrics.update({f"sim_test_{k}": v for k, v in _scores(adapted, sim_test)[0].items()})
-        if "acc" in real_scores:
-            metrics["gap"] = twin_scores["acc"] - real_scores["acc"]
+        score = "acc" if "acc" in real_scores else "psnr"  # the gap of the primary score
+        metrics["gap"] = twin_scores[score] - real_scores[score]
         dist = feature_distance(f_sim, f_real)
         metrics.update({"feature_mmd2": dist["mmd2"], "feature_frechet": dist["frechet"]})
         _log_features(run, f_sim, f_real, twins.labels, test.labels, config.report.feature_points)
