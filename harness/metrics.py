@@ -16,11 +16,6 @@ import warnings
 from pathlib import Path
 
 import torch
-from torchmetrics.functional.classification import multiclass_accuracy
-from torchmetrics.functional.image import (
-    peak_signal_noise_ratio,
-    structural_similarity_index_measure,
-)
 
 from harness.errors import SimgapError
 
@@ -38,12 +33,16 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of samples whose arg-max class is the label."""
     if len(labels) == 0:
         return float("nan")
+    from torchmetrics.functional.classification import multiclass_accuracy  # slow import
+
     preds = logits.argmax(dim=1)
     return float(multiclass_accuracy(preds, labels, num_classes=logits.shape[1], average="micro"))
 
 
 def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor, num_classes: int):
     """(num_classes,) recall per class; NaN for a class with no sample."""
+    from torchmetrics.functional.classification import multiclass_accuracy
+
     preds = logits.argmax(dim=1)
     acc = multiclass_accuracy(preds, labels, num_classes=num_classes, average=None).float()
     present = torch.bincount(labels, minlength=num_classes) > 0
@@ -57,11 +56,15 @@ def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor, num_classes: 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
     """Mean over images of 10 log10(1 / MSE) (images in [0, 1])."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     return float(peak_signal_noise_ratio(pred, target, data_range=1.0, dim=(1, 2, 3)))
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor) -> float:
     """Mean SSIM (Gaussian window 11, σ 1.5, data range 1)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     return float(structural_similarity_index_measure(pred, target, data_range=1.0))
 
 

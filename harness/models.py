@@ -21,7 +21,6 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-import torchvision
 from torch import nn
 from torch.nn import functional as F
 
@@ -85,6 +84,8 @@ def small_cnn(in_channels: int, width: int = 32) -> DigitalNet:
 def resnet18(in_channels: int) -> DigitalNet:
     """torchvision ResNet-18 (no pretrained weights) for small frames: a 3x3 stride-1 first conv
     taking the k frames, no initial max-pool (the CIFAR adaptation), GroupNorm, no fc."""
+    import torchvision  # slow import: only for this backbone
+
     net = torchvision.models.resnet18(weights=None, norm_layer=group_norm)
     conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
     stem = nn.Sequential(frame_norm(in_channels), conv1, net.bn1, net.relu)
