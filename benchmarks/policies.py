@@ -23,6 +23,7 @@ import torch
 from augment.policy import build_policy
 from harness.models import HybridModel
 from harness.optics import FourF, OpticsConfig
+from harness.runtime import tune_cpu_allocator
 
 POLICIES = ("none", "physics", "image")
 
@@ -86,6 +87,7 @@ def profile(step, rows: int = 15) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    tune_cpu_allocator()  # as the CLI does (harness.runtime)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--n", type=int, default=32)
     parser.add_argument("--strength", type=float, default=0.5)

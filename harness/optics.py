@@ -271,11 +271,13 @@ class FourF(torch.nn.Module):
         return c * self.jx - s * self.jy, s * self.jx + c * self.jy
 
     def _resample(self, x: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
-        """Bilinear samples of (B, C, N, N) ``x`` at centred coordinates (gx, gy) (zeros outside)."""
+        """Bilinear samples of (B, C, N, N) ``x`` at centred coordinates (gx, gy) of any (H, W)
+        (zeros outside)."""
         N = self.config.N
+        height, width = gx.shape[-2:]
         scale = 2.0 / (N - 1)
         grid = torch.stack(((gx + N // 2) * scale - 1, (gy + N // 2) * scale - 1), dim=-1)
-        grid = grid.reshape(-1, N, N, 2).expand(x.shape[0], N, N, 2)
+        grid = grid.reshape(-1, height, width, 2).expand(x.shape[0], height, width, 2)
         return torch.nn.functional.grid_sample(
             x, grid, mode="bilinear", padding_mode="zeros", align_corners=True
         )
@@ -364,9 +366,9 @@ class FourF(torch.nn.Module):
     def intensity(self, images: torch.Tensor, imp: Imperfections | None = None) -> torch.Tensor:
         """Optical intensity on the camera window (B, k, n, n), before the sensor."""
         back = self._rotated_grid(imp, sign=-1.0)
-        if back is not None:  # |w(Rᵀ x)|²: sample the full-grid power at R(−θ) x, then crop
+        if back is not None:  # |w(Rᵀ x)|²: sample the full-grid power at R(−θ) x in the window
             power = torch.view_as_real(self.field(images, imp)).square().sum(-1)
-            return self._resample(power, *back)[..., self._window[0], self._window[1]]
+            return self._resample(power, *(g[..., self._window[0], self._window[1]] for g in back))
         spectrum = self.input_spectrum(images, imp)
         return CroppedIntensity.apply(spectrum, self.slm_field(imp), self._start, self.config.n)
 
