@@ -43,7 +43,7 @@ from filelock import FileLock
 from optuna.trial import TrialState
 
 from harness.errors import SimgapError
-from studies import tracking
+from studies import stopping, tracking
 from studies.config import ZERO_SHOT, StudyConfig, load_config, parse_config
 
 log = logging.getLogger("simgap.studies")
@@ -552,20 +552,27 @@ def work(
     done = 0
     last_group = None
     while max_cells is None or done < max_cells:
+        stopping.check()
         requeue_stale(handle)
-        trial = _claim(handle, last_group)
-        if trial is None:
-            state = trial_counts(handle)
-            if not wait or not (state.get("RUNNING", 0) or state.get("WAITING", 0)):
-                break
-            time.sleep(poll_s)
-            continue
-        params = {axis: trial.suggest_categorical(axis, vals)
-                  for axis, vals in search_space(handle.config).items()}
-        cell = Cell(**params)
-        last_group = _group(params)
-        if _run_trial(handle, trial, cell, runner, tracker):
-            done += 1
+        trial = None
+        try:
+            trial = _claim(handle, last_group)
+            if trial is None:
+                state = trial_counts(handle)
+                if not wait or not (state.get("RUNNING", 0) or state.get("WAITING", 0)):
+                    break
+                with stopping.interruptible():
+                    time.sleep(poll_s)
+                continue
+            params = {axis: trial.suggest_categorical(axis, vals)
+                      for axis, vals in search_space(handle.config).items()}
+            last_group = _group(params)
+            if _run_trial(handle, trial, Cell(**params), runner, tracker):
+                done += 1
+        except (KeyboardInterrupt, SystemExit):
+            if trial is not None and _fail(handle.storage, trial._trial_id):
+                _requeue(handle, handle.storage.get_trial(trial._trial_id), "worker stopped")
+            raise
     return done
 
 
@@ -591,7 +598,8 @@ def _run_trial(handle, trial: optuna.Trial, cell: Cell, runner: Runner, tracker)
         )
         trial.set_user_attr("mlflow_run_id", run.run_id)
         log.debug("cell %s (trial %d)", cell.id, trial.number)
-        metrics = runner(handle, cell, run)
+        with stopping.interruptible():  # SIGTERM / Ctrl-C stop the computation at once
+            metrics = runner(handle, cell, run)
         metrics = {k: float(v) for k, v in metrics.items()}
         metrics["cell_seconds"] = time.time() - t0
         run.log_metrics(metrics)
@@ -604,11 +612,6 @@ def _run_trial(handle, trial: optuna.Trial, cell: Cell, runner: Runner, tracker)
         log.info("[%d/%d] %s: %s = %.4f (%.0f s)", done, total, cell.id, objective,
                  metrics[objective], metrics["cell_seconds"])
         return True
-    except (KeyboardInterrupt, SystemExit):
-        beat.stop.set()
-        if _fail(storage, trial._trial_id):
-            _requeue(handle, storage.get_trial(trial._trial_id), "worker stopped")
-        raise
     except optuna.exceptions.UpdateFinishedTrialError:
         log.warning("cell %s: trial %d was taken over meanwhile", cell.id, trial.number)
         return False
@@ -627,14 +630,6 @@ def _run_trial(handle, trial: optuna.Trial, cell: Cell, runner: Runner, tracker)
         beat.stop.set()
 
 
-def _stop_on_sigterm() -> None:
-    def handler(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
-
-
 def _watch_parent(parent_pid: int) -> None:
     """Stop (SIGTERM to self) when the parent ``study run`` process is gone."""
 
@@ -651,7 +646,7 @@ def _watch_parent(parent_pid: int) -> None:
 def run_worker(target, study_name=None, cache_dir=None, tracking_uri=None, parent_pid=None,
                wait=True) -> int:
     """``simgap study worker``: join a study (folder or storage URL) and run cells."""
-    _stop_on_sigterm()
+    stopping.install()
     if parent_pid:
         _watch_parent(parent_pid)
     handle = open_study(target, study_name, cache_dir, tracking_uri)
@@ -688,7 +683,7 @@ def run_study(
     out = Path(out)
     handle = create_study(config, out, storage, tracking_uri)
     if workers <= 1:
-        _stop_on_sigterm()
+        stopping.install()
         work(handle, runner=runner)
     else:
         _run_processes(out, workers, tracking_uri)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from harness.errors import SimgapError
+from studies import stopping
 
 T = TypeVar("T")
 MAX_PARAM_LENGTH = 6000
@@ -87,7 +88,8 @@ def retry(fn: Callable[..., T], *args, attempts: int = 30, **kwargs) -> T:
     """Call ``fn`` again (backing off up to ~1 s) while a SQLite store reports it is locked."""
     for i in range(attempts):
         try:
-            return fn(*args, **kwargs)
+            with stopping.protected():  # never leave the store mid-transaction
+                return fn(*args, **kwargs)
         except Exception as exc:  # MlflowException / sqlalchemy OperationalError wrap the lock
             if "locked" not in str(exc).lower() or i == attempts - 1:
                 raise
