@@ -13,7 +13,9 @@ Resume and recovery:
 - A running trial records its worker (host, pid, process start) and refreshes a heartbeat.  A
   RUNNING trial whose local worker process is gone, or whose heartbeat is older than
   ``grid.stale_after_s``, is marked FAIL and its cell queued again (the FAIL transition is
-  atomic, so only one worker re-queues it).  A worker stopped by SIGTERM re-queues its own cell.
+  atomic, so only one worker re-queues it).  A worker stopped by SIGTERM or Ctrl-C re-queues
+  its own cell; the signal interrupts computation only, never a storage call
+  (:mod:`studies.stopping`), so no database lock is left behind.
 - ``sync_grid`` (run by ``study run`` under the study-folder lock) queues every cell that has no
   COMPLETE, WAITING or RUNNING trial, e.g. cells that failed with an error.
 - Two claims of one cell (only possible around a re-queue race) are settled at start: the
