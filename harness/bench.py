@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from tqdm.auto import tqdm
 
 from harness.errors import SimgapError
+from harness.files import replace_dir
 from harness.optics import ZERNIKE_NAMES, FourF, Imperfections, OpticsConfig
 from harness.sensor import Camera, vignetting_map
 
@@ -611,13 +612,7 @@ def _cmd_export(args) -> int:
     try:
         export_mask(phase, cfg, tmp)
         export_inputs(data, plan, tmp)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -41,6 +41,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from harness.errors import SimgapError
+from harness.files import replace_dir
 
 SPLITS = ("pool", "val", "test")
 COLUMNS = ("capture_id", "input_id", "split", "label", "channel", "path")
@@ -266,13 +267,7 @@ def write_capture_set(
         (tmp / BENCH_JSON).write_text(bench_text + "\n")
         np.savez(tmp / MASK_NPZ, phase=phase)
         _check(tmp, None, load=False)  # manifest / json / mask consistency, no frame decoding
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
