@@ -121,13 +121,6 @@ class Imperfections:
     def is_ideal(self) -> bool:
         return next(self.items(), None) is None
 
-    @property
-    def batch_size(self) -> int | None:
-        sizes = {v.shape[0] for _, v in self.items() if v.shape[0] != 1}
-        if len(sizes) > 1:
-            raise ValueError(f"Imperfections: inconsistent batch sizes {sorted(sizes)}")
-        return sizes.pop() if sizes else None
-
     def merge(self, other: Imperfections | None) -> Imperfections:
         """Fields of ``other`` that are set override those of ``self``."""
         if other is None:
@@ -143,18 +136,6 @@ class Imperfections:
     def select(self, index: torch.Tensor | slice) -> Imperfections:
         """Rows ``index`` of every per-sample field (fields of batch 1 broadcast and stay)."""
         return self.map(lambda v: v if v.shape[0] == 1 else v[index])
-
-    def as_dict(self) -> dict:
-        """JSON-friendly nested lists (for bench.json and logging)."""
-        return {k: v.detach().cpu().tolist() for k, v in self.items()}
-
-    @classmethod
-    def from_dict(cls, data: dict, device=None) -> Imperfections:
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"Imperfections: unknown fields {sorted(unknown)}")
-        return cls(**{k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in data.items()})
 
 
 def _col(value: torch.Tensor) -> torch.Tensor:
