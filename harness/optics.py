@@ -159,10 +159,12 @@ def zernike_basis(r: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, .
 
 
 def quantize_phase(phase: torch.Tensor, levels) -> torch.Tensor:
-    """Wrap to [0, 2π) and round to ``levels`` equal steps; straight-through gradient."""
-    wrapped = torch.remainder(phase, TWO_PI)
+    """Wrap to [0, 2π) and round to ``levels`` equal steps; straight-through gradient (wrap and
+    rounding are computed in place without a graph: d/dφ = 1)."""
     step = TWO_PI / levels
-    return wrapped + (torch.round(wrapped / step) * step - wrapped).detach()
+    with torch.no_grad():
+        delta = (torch.remainder(phase, TWO_PI) / step).round_().mul_(step).sub_(phase)
+    return phase + delta
 
 
 class FourF(torch.nn.Module):
@@ -236,7 +238,8 @@ class FourF(torch.nn.Module):
     def slm_field(self, imp: Imperfections | None = None) -> torch.Tensor:
         """Complex SLM transmission A ((1-η) e^{iφ} + η), in the SLM's own coordinates."""
         phase = self.slm_phase(imp)
-        field = torch.polar(self.aperture.expand_as(phase), phase)
+        # A cos φ + i A sin φ: same values as torch.polar, cheaper backward (no complex sgn)
+        field = torch.complex(self.aperture * torch.cos(phase), self.aperture * torch.sin(phase))
         if imp is not None and imp.zero_order is not None:
             eta = _col(imp.zero_order.to(phase))
             field = (1 - eta) * field + eta * self.aperture
