@@ -446,8 +446,8 @@ def _is_pos_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
-def _read_manifest(root: Path) -> pd.DataFrame:
-    path = root / MANIFEST
+def _read_csv(path: Path, required) -> pd.DataFrame:
+    """A CSV read as strings (headers stripped) that must hold the ``required`` columns."""
     if not path.is_file():
         raise SimgapError(f"{path}: not found")
     try:
@@ -455,9 +455,15 @@ def _read_manifest(root: Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise SimgapError(f"{path}: not a readable CSV ({_one_line(exc)})") from None
     df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in COLUMNS if c not in df.columns]
+    missing = [c for c in required if c not in df.columns]
     if missing:
         raise SimgapError(f"{path}: missing column(s) {', '.join(missing)}")
+    return df
+
+
+def _read_manifest(root: Path) -> pd.DataFrame:
+    path = root / MANIFEST
+    df = _read_csv(path, COLUMNS)
     if df.empty:
         raise SimgapError(f"{path}: has no frames")
     df = df[list(COLUMNS)].copy()
@@ -797,16 +803,7 @@ def pair_with_inputs(root: str | Path, inputs_csv: str | Path) -> dict:
 
 
 def _read_inputs_csv(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise SimgapError(f"{path}: not found")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise SimgapError(f"{path}: not a readable CSV ({_one_line(exc)})") from None
-    df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in ("input_id", "split") if c not in df.columns]
-    if missing:
-        raise SimgapError(f"{path}: missing column(s) {', '.join(missing)}")
+    df = _read_csv(path, ("input_id", "split"))
     ids = pd.to_numeric(df["input_id"].str.strip(), errors="coerce")
     bad = ids.isna() | (ids != ids.round()) | (ids < 0)
     if bad.any():
