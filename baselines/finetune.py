@@ -79,19 +79,16 @@ def finetune(
     """Fine-tune a copy of ``model`` on ``pool`` (FrameData) with the mask fixed."""
     if mode not in MODES:
         raise SimgapError(f"mode: '{mode}' is not one of {', '.join(MODES)}")
+    return adapt(clone_model(model), pool, val, config, seed, callback, checkpoint_dir,
+                 keep_initial=True, trainable=MODES[mode])
+
+
+def adapt(model, pool, val, config, seed, callback, checkpoint_dir, **fit_options) -> AdaptResult:
+    """Train ``model`` (the physical mask fixed) on the real ``pool``, selecting on ``val``;
+    an empty pool (0 %) means no adaptation."""
     config = prepare(pool, val, config, seed)
-    adapted = clone_model(model)
     if len(pool) == 0:
-        return finish(adapted, val, None, 0, config)
-    result = fit(
-        adapted,
-        pool,
-        val,
-        config,
-        callback=callback,
-        checkpoint_dir=checkpoint_dir,
-        train_optics=False,
-        keep_initial=True,
-        trainable=MODES[mode],
-    )
-    return finish(adapted, val, result, len(pool), config)
+        return finish(model, val, None, 0, config)
+    result = fit(model, pool, val, config, callback=callback, checkpoint_dir=checkpoint_dir,
+                 train_optics=False, **fit_options)
+    return finish(model, val, result, len(pool), config)

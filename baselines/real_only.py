@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import copy
 
-from baselines.finetune import AdaptResult, finish, prepare
+from baselines.finetune import AdaptResult, adapt
 from harness.models import HybridModel
-from harness.train import TrainConfig, fit
+from harness.train import TrainConfig
 
 
 def fresh_digital(model: HybridModel, seed: int) -> HybridModel:
@@ -37,18 +37,5 @@ def real_only(
     checkpoint_dir=None,
     **_unused,
 ) -> AdaptResult:
-    config = prepare(pool, val, config, seed)
-    scratch = fresh_digital(model, seed)
-    if len(pool) == 0:
-        return finish(scratch, val, None, 0, config)
-    result = fit(
-        scratch,
-        pool,
-        val,
-        config,
-        callback=callback,
-        checkpoint_dir=checkpoint_dir,
-        train_optics=False,
-        trainable="digital",
-    )
-    return finish(scratch, val, result, len(pool), config)
+    return adapt(fresh_digital(model, seed), pool, val, config, seed, callback, checkpoint_dir,
+                 trainable="digital")

@@ -20,15 +20,9 @@ from harness.train import (
     fit,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 N = 16
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,9 @@ from harness.models import HybridModel, load_model, save_model
 from harness.optics import FourF, OpticsConfig
 from harness.train import ImageData, TrainConfig, evaluate, fit
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 N = 16  # image side; the digits source is 8x8 upsampled
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The shared 2-core machine is oversubscribed; one intra-op thread is ~10x faster there.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
