@@ -65,11 +65,11 @@ class Camera(torch.nn.Module):
         imp: Imperfections | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        y = intensity * self.config.exposure
+        y = intensity if self.config.exposure == 1.0 else intensity * self.config.exposure
         if self.config.binning > 1:
             y = torch.nn.functional.avg_pool2d(y, self.config.binning)
-        if imp is None:
-            return y.clamp(0.0, 1.0)
+        if imp is None:  # optical intensities are >= 0: an ideal sensor only saturates
+            return y.clamp_max(1.0)
 
         gain_map = None
         if imp.vignetting is not None:
