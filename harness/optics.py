@@ -138,6 +138,14 @@ class Imperfections:
         return self.map(lambda v: v if v.shape[0] == 1 else v[index])
 
 
+def cis(phase: torch.Tensor, amplitude: torch.Tensor | None = None) -> torch.Tensor:
+    """A e^{iφ} = A cos φ + i A sin φ (vectorized cos and sin: torch.polar is ~2.5x slower on CPU)."""
+    cos, sin = torch.cos(phase), torch.sin(phase)
+    if amplitude is not None:
+        cos, sin = cos * amplitude, sin * amplitude
+    return torch.complex(cos, sin)
+
+
 def _col(value: torch.Tensor) -> torch.Tensor:
     """(B,) -> (B, 1, 1, 1) to broadcast over (B, k, N, N)."""
     return value.reshape(-1, 1, 1, 1)
@@ -253,13 +261,15 @@ class FourF(torch.nn.Module):
         c, s = torch.cos(rot), torch.sin(rot)
         return c * self.jx - s * self.jy, s * self.jx + c * self.jy
 
-    def _resample(self, x: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
-        """Bilinear samples of (B, C, N, N) ``x`` at centred coordinates (gx, gy) of any (H, W)
-        (zeros outside)."""
-        N = self.config.N
+    def _resample(
+        self, x: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor, first: int = 0
+    ) -> torch.Tensor:
+        """Bilinear samples at centred coordinates (gx, gy) of any (H, W) of ``x``, the square
+        (B, C, L, L) crop of the N x N grid that starts at grid index ``first`` (zeros outside)."""
+        size = x.shape[-1]
+        offset, scale = self.config.N // 2 - first, 2.0 / (size - 1)
         height, width = gx.shape[-2:]
-        scale = 2.0 / (N - 1)
-        grid = torch.stack(((gx + N // 2) * scale - 1, (gy + N // 2) * scale - 1), dim=-1)
+        grid = torch.stack(((gx + offset) * scale - 1, (gy + offset) * scale - 1), dim=-1)
         grid = grid.reshape(-1, height, width, 2).expand(x.shape[0], height, width, 2)
         return torch.nn.functional.grid_sample(
             x, grid, mode="bilinear", padding_mode="zeros", align_corners=True
@@ -303,7 +313,7 @@ class FourF(torch.nn.Module):
         field = self.slm_field(imp)
         pupil = self.pupil_phase(imp)
         if pupil is not None:
-            field = field * torch.polar(torch.ones_like(pupil), pupil)
+            field = field * cis(pupil)
         return field
 
     # ----------------------------------------------------------------- propagation
@@ -334,11 +344,11 @@ class FourF(torch.nn.Module):
         if imp is not None and imp.mask_shift is not None:
             shift = imp.mask_shift.to(u)
             tilt = (-TWO_PI / cfg.N) * (_col(shift[:, 0]) * gx + _col(shift[:, 1]) * gy)
-            u = torch.polar(u, tilt.expand_as(u))
+            u = cis(tilt, u)
         spectrum = torch.fft.fft2(u)
         pupil = self.pupil_phase(imp, grid)
         if pupil is not None:
-            spectrum = spectrum * torch.polar(torch.ones_like(pupil), pupil)
+            spectrum = spectrum * cis(pupil)
         return spectrum
 
     def field(self, images: torch.Tensor, imp: Imperfections | None = None) -> torch.Tensor:
@@ -348,12 +358,17 @@ class FourF(torch.nn.Module):
 
     def intensity(self, images: torch.Tensor, imp: Imperfections | None = None) -> torch.Tensor:
         """Optical intensity on the camera window (B, k, n, n), before the sensor."""
+        spectrum, mask = self.input_spectrum(images, imp), self.slm_field(imp)
         back = self._rotated_grid(imp, sign=-1.0)
-        if back is not None:  # |w(Rᵀ x)|²: sample the full-grid power at R(−θ) x in the window
-            power = torch.view_as_real(self.field(images, imp)).square().sum(-1)
-            return self._resample(power, *(g[..., self._window[0], self._window[1]] for g in back))
-        spectrum = self.input_spectrum(images, imp)
-        return CroppedIntensity.apply(spectrum, self.slm_field(imp), self._start, self.config.n)
+        if back is None:
+            return CroppedIntensity.apply(spectrum, mask, self._start, self.config.n)
+        # |w(Rᵀ x)|²: the power on the window grown by the farthest a window point moves,
+        # |R(−θ) x − x| <= |θ| |x| <= |θ| n / √2, sampled at R(−θ) x.
+        reach = float(imp.mask_rotation.abs().max()) * self.config.n / math.sqrt(2.0)
+        first = max(0, self._start - math.ceil(reach) - 1)
+        power = CroppedIntensity.apply(spectrum, mask, first, self.config.N - 2 * first)
+        window = (..., *self._window)
+        return self._resample(power, back[0][window], back[1][window], first)
 
     def forward(
         self,
@@ -370,7 +385,8 @@ class PhaseField(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, phase, amplitude):
-        field = torch.polar(amplitude.to(phase), phase)
+        amplitude = amplitude.to(phase)
+        field = torch.complex(torch.cos(phase).mul_(amplitude), torch.sin(phase).mul_(amplitude))
         ctx.save_for_backward(field)
         return field
 
