@@ -26,6 +26,24 @@ def test_noise_mean_and_variance_follow_a_y_plus_b(photons, read):
     torch.testing.assert_close(var, a * torch.tensor(levels) + b, rtol=0.06, atol=0)
 
 
+def test_shot_noise_is_poisson_at_low_counts_and_its_gaussian_limit_above():
+    from harness.sensor import GAUSSIAN_SHOT_NOISE_ABOVE, shot_noise
+
+    lam = torch.tensor([0.5, 4.0, GAUSSIAN_SHOT_NOISE_ABOVE / 2, GAUSSIAN_SHOT_NOISE_ABOVE * 5,
+                        1e4]).repeat_interleave(40000)
+    counts = shot_noise(lam, torch.Generator().manual_seed(0)).reshape(5, -1)
+    low = counts[:3]
+    assert torch.equal(low, low.round()) and (low >= 0).all()  # exact Poisson: integers
+    assert (counts[3:] != counts[3:].round()).any()  # Gaussian limit: continuous
+    p0 = (counts[0] == 0).float().mean().item()
+    assert p0 == pytest.approx(torch.exp(torch.tensor(-0.5)).item(), abs=0.01)  # P(0) = e^-λ
+    levels = lam.reshape(5, -1)[:, 0]
+    torch.testing.assert_close(counts.mean(1), levels, rtol=0.01, atol=0.02)
+    torch.testing.assert_close(counts.var(1), levels, rtol=0.03, atol=0)
+    again = shot_noise(lam, torch.Generator().manual_seed(0)).reshape(5, -1)
+    assert torch.equal(counts, again)
+
+
 def test_quantization_to_two_to_the_b_levels():
     y = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     out = Camera()(y, Imperfections(bit_depth=torch.tensor([4.0, 8.0])))
