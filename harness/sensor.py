@@ -3,7 +3,7 @@
 Per pixel, with y the optical intensity times the exposure (1 = full scale), P the photo-electrons
 at full scale (full well x exposure), G the relative gain, V the vignetting/PRNU gain map:
 
-    e   = Poisson(V * y * P) + dark + N(0, read^2)        electrons (Poisson: see shot_noise)
+    e   = Poisson(V * y * P) + dark + N(0, read^2)        electrons (see electron_noise)
     adu = clip(G * e / P, 0, 1) * (2^bits - 1)            rounded (straight-through in training)
     out = adu / (2^bits - 1)
 
@@ -59,15 +59,25 @@ def vignetting_map(strength: torch.Tensor, height: int, width: int) -> torch.Ten
 GAUSSIAN_SHOT_NOISE_ABOVE = 20.0
 
 
-def shot_noise(expected: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Photo-electron counts for expected counts λ >= 0: Poisson(λ) below
-    :data:`GAUSSIAN_SHOT_NOISE_ABOVE`, λ + √λ N(0, 1) above."""
-    counts = torch.randn(expected.shape, generator=generator, device=expected.device,
+def electron_noise(
+    expected: torch.Tensor,
+    read: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Electrons read out for λ >= 0 expected photo-electrons and read noise r (e⁻ rms,
+    broadcastable, or None): Poisson(λ) + N(0, r²).  Pixels with λ below
+    :data:`GAUSSIAN_SHOT_NOISE_ABOVE` get an exact Poisson draw plus r N(0, 1); above it, the
+    Gaussian limit and the read noise are one draw, λ + √(λ + r²) N(0, 1)."""
+    normal = torch.randn(expected.shape, generator=generator, device=expected.device,
                          dtype=expected.dtype)
-    counts.mul_(expected.sqrt()).add_(expected)
-    low = expected < GAUSSIAN_SHOT_NOISE_ABOVE
-    if low.any():
-        counts[low] = torch.poisson(expected[low], generator=generator)
+    variance = expected.clone() if read is None else expected + read * read
+    counts = variance.sqrt_().mul_(normal).add_(expected)
+    low = torch.nonzero((expected < GAUSSIAN_SHOT_NOISE_ABOVE).reshape(-1)).squeeze(1)
+    if low.numel():
+        exact = torch.poisson(expected.reshape(-1)[low], generator=generator)
+        if read is not None:
+            exact += read.expand(expected.shape).reshape(-1)[low] * normal.reshape(-1)[low]
+        counts.reshape(-1)[low] = exact
     return counts
 
 
@@ -102,14 +112,11 @@ class Camera(torch.nn.Module):
         if imp.photons is not None:
             photons = _per_sample(imp.photons.to(y))
             electrons = y.clamp_min(0.0) * photons
-            noisy = shot_noise(electrons.detach(), generator)
+            read = None if imp.read_noise is None else _per_sample(imp.read_noise.to(y))
+            noisy = electron_noise(electrons.detach(), read, generator)
             electrons = straight_through(electrons, noisy)
             if imp.dark_offset is not None:
                 electrons = electrons + _per_sample(imp.dark_offset.to(y))
-            if imp.read_noise is not None:
-                read = _per_sample(imp.read_noise.to(y))
-                noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
-                electrons = electrons + read * noise
             y = electrons / photons
         elif imp.read_noise is not None or imp.dark_offset is not None:
             raise ValueError("read_noise/dark_offset need photons (electrons at full scale)")

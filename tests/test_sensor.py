@@ -26,21 +26,23 @@ def test_noise_mean_and_variance_follow_a_y_plus_b(photons, read):
     torch.testing.assert_close(var, a * torch.tensor(levels) + b, rtol=0.06, atol=0)
 
 
-def test_shot_noise_is_poisson_at_low_counts_and_its_gaussian_limit_above():
-    from harness.sensor import GAUSSIAN_SHOT_NOISE_ABOVE, shot_noise
+@pytest.mark.parametrize("read", [0.0, 3.0])
+def test_electron_noise_is_exact_poisson_at_low_counts_and_its_gaussian_limit_above(read):
+    from harness.sensor import GAUSSIAN_SHOT_NOISE_ABOVE, electron_noise
 
     lam = torch.tensor([0.5, 4.0, GAUSSIAN_SHOT_NOISE_ABOVE / 2, GAUSSIAN_SHOT_NOISE_ABOVE * 5,
-                        1e4]).repeat_interleave(40000)
-    counts = shot_noise(lam, torch.Generator().manual_seed(0)).reshape(5, -1)
-    low = counts[:3]
-    assert torch.equal(low, low.round()) and (low >= 0).all()  # exact Poisson: integers
-    assert (counts[3:] != counts[3:].round()).any()  # Gaussian limit: continuous
-    p0 = (counts[0] == 0).float().mean().item()
-    assert p0 == pytest.approx(torch.exp(torch.tensor(-0.5)).item(), abs=0.01)  # P(0) = e^-λ
-    levels = lam.reshape(5, -1)[:, 0]
-    torch.testing.assert_close(counts.mean(1), levels, rtol=0.01, atol=0.02)
-    torch.testing.assert_close(counts.var(1), levels, rtol=0.03, atol=0)
-    again = shot_noise(lam, torch.Generator().manual_seed(0)).reshape(5, -1)
+                        1e4]).repeat_interleave(40000).reshape(5, 1, 200, 200)
+    r = torch.full((5, 1, 1, 1), read) if read else None
+    counts = electron_noise(lam, r, torch.Generator().manual_seed(0)).reshape(5, -1)
+    levels = lam[:, 0, 0, 0]
+    torch.testing.assert_close(counts.mean(1), levels, rtol=0.01, atol=0.03)
+    torch.testing.assert_close(counts.var(1), levels + read**2, rtol=0.03, atol=0)
+    if not read:  # exact Poisson below the threshold: integers with P(0) = e^-λ
+        assert torch.equal(counts[:3], counts[:3].round()) and (counts[:3] >= 0).all()
+        assert (counts[3:] != counts[3:].round()).any()  # Gaussian limit above: continuous
+        p0 = (counts[0] == 0).float().mean().item()
+        assert p0 == pytest.approx(torch.exp(torch.tensor(-0.5)).item(), abs=0.01)
+    again = electron_noise(lam, r, torch.Generator().manual_seed(0)).reshape(5, -1)
     assert torch.equal(counts, again)
 
 
