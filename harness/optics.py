@@ -397,7 +397,7 @@ class PhaseField(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, phase, amplitude):
-        amplitude = amplitude.to(phase)
+        amplitude = amplitude.to(phase)  # cis() in place: no graph here, and this is the hot path
         field = torch.complex(torch.cos(phase).mul_(amplitude), torch.sin(phase).mul_(amplitude))
         ctx.save_for_backward(field)
         return field
@@ -443,9 +443,14 @@ def _broadcast_4d(a: torch.Size, b: torch.Size) -> torch.Size:
     return torch.Size(max(x, y) for x, y in zip(a, b))
 
 
+def _batched(x: torch.Tensor, batch: int) -> bool:
+    """Whether an operand of a (B, k, N, N) field has its own batch dimension."""
+    return x.dim() == 4 and x.shape[0] == batch and batch > 1
+
+
 def _rows(x: torch.Tensor, rows: slice, batch: int) -> torch.Tensor:
     """The chunk ``rows`` of an operand that has the batch dimension, else the operand itself."""
-    return x[rows] if x.dim() == 4 and x.shape[0] == batch and batch > 1 else x
+    return x[rows] if _batched(x, batch) else x
 
 
 class CroppedIntensity(torch.autograd.Function):
@@ -504,7 +509,7 @@ class CroppedIntensity(torch.autograd.Function):
 
 def _accumulate(grads: dict, index: int, operand, rows: slice, batch: int, value) -> None:
     """Write (batched operand) or add (broadcast operand) one chunk's gradient into grads."""
-    batched = _rows(operand, rows, batch) is not operand
+    batched = _batched(operand, batch)
     if index not in grads:
         grads[index] = (torch.empty_like if batched else torch.zeros_like)(operand)
     if batched:

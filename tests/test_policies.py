@@ -13,6 +13,7 @@ from augment.policy import available_policies, build_policy
 from harness.errors import SimgapError
 from harness.optics import FourF, OpticsConfig
 from harness.sensor import Camera
+from tests.images import centroid, gaussian_blob
 
 CFG = OpticsConfig(n=16)  # N = 32: small and fast
 NAMES = available_policies()
@@ -25,19 +26,6 @@ def gen(seed=0):
 def textured(batch=4, n=16, seed=0):
     """Random images with detail at every frequency (in [0, 1])."""
     return torch.rand(batch, 1, n, n, generator=gen(seed))
-
-
-def blob(batch=1, n=16, c=8.0, sigma=1.5):
-    y, x = torch.meshgrid(torch.arange(n).float(), torch.arange(n).float(), indexing="ij")
-    image = torch.exp(-((x - c) ** 2 + (y - c) ** 2) / (2 * sigma**2))
-    return image.expand(batch, 1, n, n).clone()
-
-
-def centroid(frames):
-    n = frames.shape[-1]
-    y, x = torch.meshgrid(torch.arange(n).float(), torch.arange(n).float(), indexing="ij")
-    total = frames.sum((-1, -2))
-    return torch.stack(((frames * x).sum((-1, -2)) / total, (frames * y).sum((-1, -2)) / total), -1)
 
 
 def high_frequency_fraction(frames, cutoff=0.2):
@@ -191,7 +179,7 @@ def test_image_defocus_lowers_high_frequency_energy():
 def test_physics_misalignment_moves_the_psf_centroid_by_the_camera_shift():
     cfg = OpticsConfig(n=32)
     encoder = FourF(cfg, init="zeros")  # clear aperture: SLM shift / rotation leave |PSF| as is
-    images = blob(batch=8, n=32, c=16.0)
+    images = gaussian_blob(batch=8, n=32, sigma=1.5)
     imp = policy_at("physics:misalignment", 1.0, cfg).sample(8, cfg, gen())
     with torch.no_grad():
         moved = centroid(encoder(images, imp)[:, 0]) - centroid(encoder(images[:1])[:, 0])
@@ -201,7 +189,7 @@ def test_physics_misalignment_moves_the_psf_centroid_by_the_camera_shift():
 
 def test_physics_mask_shift_and_rotation_change_a_structured_psf():
     encoder = FourF(CFG, init="random")
-    images = blob(batch=6)
+    images = gaussian_blob(batch=6, n=16, sigma=1.5)
     policy = build_policy("physics:misalignment", {"misalignment": 1.0}, CFG,
                           ranges={"misalignment": {"camera_shift_px": 0.0}})
     imp = policy.sample(6, CFG, gen())
@@ -213,7 +201,7 @@ def test_physics_mask_shift_and_rotation_change_a_structured_psf():
 
 def test_image_misalignment_translates_within_the_camera_shift_range():
     encoder = FourF(CFG, init="zeros")
-    images = blob(batch=16)
+    images = gaussian_blob(batch=16, n=16, sigma=1.5)
     with torch.no_grad():
         ideal = encoder(images[:1])
         frames = policy_at("image:misalignment", 1.0).frames(encoder, images, gen())
