@@ -32,6 +32,8 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from harness.native import Kernels
+from harness.native import kernels as native_kernels
 from harness.sensor import Camera, CameraConfig
 
 TWO_PI = 2.0 * math.pi
@@ -231,21 +233,29 @@ class FourF(torch.nn.Module):
         bits = self.config.lut_bits
         return None if bits is None else float(2**bits)
 
+    def _commanded_phase(self, imp: Imperfections | None) -> torch.Tensor:
+        """φ + phase noise: what the SLM is asked to show, before its LUT."""
+        if imp is not None and imp.phase_noise is not None:
+            return self.phase + imp.phase_noise.to(self.phase)
+        return self.phase
+
+    @staticmethod
+    def _lut_is_ideal(imp: Imperfections | None) -> bool:
+        return imp is None or all(
+            v is None for v in (imp.lut_scale, imp.lut_offset, imp.fringing)
+        )
+
     def slm_phase(self, imp: Imperfections | None = None) -> torch.Tensor:
         """Phase shown by the SLM: LUT(quantize(wrap(φ + noise))), blurred by fringing.
 
         (k, N, N) for an ideal display, (B, k, N, N) when per-sample fields are set.
         """
-        phase = self.phase
-        if imp is not None and imp.phase_noise is not None:
-            phase = phase + imp.phase_noise.to(phase)
+        phase = self._commanded_phase(imp)
         levels = self.levels(imp)
         phase = wrap_phase(phase) if levels is None else quantize_phase(phase, levels)
-        if imp is None:
+        if self._lut_is_ideal(imp):
             return phase
-        if phase.dim() == 3 and any(
-            v is not None for v in (imp.lut_scale, imp.lut_offset, imp.fringing)
-        ):
+        if phase.dim() == 3:
             phase = phase.unsqueeze(0)
         if imp.lut_scale is not None:
             phase = phase * _col(imp.lut_scale.to(phase))
@@ -256,11 +266,18 @@ class FourF(torch.nn.Module):
         return phase
 
     def slm_field(self, imp: Imperfections | None = None) -> torch.Tensor:
-        """Complex SLM transmission A ((1-η) e^{iφ} + η), in the SLM's own coordinates."""
-        phase = self.slm_phase(imp)
-        field = PhaseField.apply(phase, self.aperture)
+        """Complex SLM transmission A ((1-η) e^{iφ} + η), in the SLM's own coordinates.
+
+        With an ideal LUT of integer levels, e^{iφ_slm} is e^{i Q(φ + noise)} and the wrap is a
+        whole number of turns, so PhaseField quantizes on its own (no wrap, no separate graph).
+        """
+        levels = self.levels(imp)
+        if self._lut_is_ideal(imp) and (levels is None or isinstance(levels, float)):
+            field = PhaseField.apply(self._commanded_phase(imp), self.aperture, levels)
+        else:
+            field = PhaseField.apply(self.slm_phase(imp), self.aperture, None)
         if imp is not None and imp.zero_order is not None:
-            eta = _col(imp.zero_order.to(phase))
+            eta = _col(imp.zero_order.to(field.real))
             field = (1 - eta) * field + eta * self.aperture
         return field
 
@@ -346,6 +363,15 @@ class FourF(torch.nn.Module):
         amplitude = torch.sqrt(intensity.clamp_min(0))
         pad = (self._start, cfg.N - cfg.n - self._start)
         grid = self._rotated_grid(imp)
+        tilted = imp is not None and imp.mask_shift is not None
+        if grid is None and not tilted and not (torch.is_grad_enabled() and amplitude.requires_grad):
+            # The FFT of a real input runs as a complex one anyway: write the checkered amplitude
+            # straight into the real part of a zeroed complex grid (no padded copy to promote).
+            u = amplitude.new_zeros(amplitude.shape[:2] + (cfg.N, cfg.N),
+                                    dtype=amplitude.dtype.to_complex())
+            real_window = (..., *self._window, 0)
+            torch.mul(amplitude, self.checker[self._window], out=torch.view_as_real(u)[real_window])
+            return self._with_pupil(torch.fft.fft2(u), imp, None)
         if grid is None:
             u = torch.nn.functional.pad(amplitude * self.checker[self._window], pad + pad)
             gx, gy = self.jx, self.jy
@@ -357,11 +383,11 @@ class FourF(torch.nn.Module):
             shift = imp.mask_shift.to(u)
             tilt = (-TWO_PI / cfg.N) * (_col(shift[:, 0]) * gx + _col(shift[:, 1]) * gy)
             u = cis(tilt, u)
-        spectrum = torch.fft.fft2(u)
+        return self._with_pupil(torch.fft.fft2(u), imp, grid)
+
+    def _with_pupil(self, spectrum: torch.Tensor, imp: Imperfections | None, grid) -> torch.Tensor:
         pupil = self.pupil_phase(imp, grid)
-        if pupil is not None:
-            spectrum = spectrum * cis(pupil)
-        return spectrum
+        return spectrum if pupil is None else spectrum * cis(pupil)
 
     def field(self, images: torch.Tensor, imp: Imperfections | None = None) -> torch.Tensor:
         """Output field w = IFFT(spectrum · M) on the full N x N grid (B, k, N, N), up to a
@@ -392,13 +418,24 @@ class FourF(torch.nn.Module):
 
 
 class PhaseField(torch.autograd.Function):
-    """f = A e^{iφ} for a real phase φ and a fixed amplitude A, with the one-line backward
-    ∂L/∂φ = Im(conj(f) ∂L/∂f) = Re f · Im g − Im f · Re g (PyTorch's complex-gradient convention)."""
+    """f = A e^{i Q(φ)} for a real phase φ and a fixed amplitude A, Q(φ) = φ rounded to a multiple
+    of 2π / levels (``levels`` None: Q(φ) = φ).  Straight-through: the one-line backward
+    ∂L/∂φ = Im(conj(f) ∂L/∂f) = Re f · Im g − Im f · Re g (PyTorch's complex-gradient convention)
+    treats Q as the identity.  On CPU a quantized field is one table read per pixel
+    (harness.native) instead of a cos and a sin."""
 
     @staticmethod
-    def forward(ctx, phase, amplitude):
-        amplitude = amplitude.to(phase)  # cis() in place: no graph here, and this is the hot path
-        field = torch.complex(torch.cos(phase).mul_(amplitude), torch.sin(phase).mul_(amplitude))
+    def forward(ctx, phase, amplitude, levels=None):
+        amplitude = amplitude.to(phase)  # in place: no graph here, and this is the hot path
+        fused = None if levels is None else _native(phase, amplitude)
+        if fused is not None:
+            field = torch.empty(phase.shape, dtype=phase.dtype.to_complex())
+            fused.quantized_phase_field(phase, amplitude, int(levels), field)
+        else:
+            if levels is not None:
+                phase = torch.round(phase * (levels / TWO_PI)).mul_(TWO_PI / levels)
+            field = torch.complex(torch.cos(phase).mul_(amplitude),
+                                  torch.sin(phase).mul_(amplitude))
         ctx.save_for_backward(field)
         return field
 
@@ -406,7 +443,7 @@ class PhaseField(torch.autograd.Function):
     def backward(ctx, grad):
         (field,) = ctx.saved_tensors
         grad_phase = field.real * grad.imag
-        return grad_phase.sub_(field.imag * grad.real), None
+        return grad_phase.sub_(field.imag * grad.real), None, None
 
 
 def _sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -462,6 +499,8 @@ class CroppedIntensity(torch.autograd.Function):
     window of a zero-padded buffer (zeroed once), multiplies it in place by S (or M), reduces
     over the broadcast dimensions, and only the reduced result is conjugated and doubled: no
     full-size temporaries or conj copies.  Only conj(w) on the window is kept for the backward.
+    On CPU (complex64) the crop + conj + |w|² step and, for a mask shared by the batch, the
+    multiply + batch sum of ∂L/∂M are one pass each in harness.native when it is built.
     """
 
     @staticmethod
@@ -472,12 +511,16 @@ class CroppedIntensity(torch.autograd.Function):
         buffer = spectrum.new_empty((chunks[0].stop,) + shape[1:])
         crops = spectrum.new_empty(shape[:2] + (n, n))
         intensity = torch.empty(crops.shape, dtype=crops.real.dtype, device=crops.device)
+        fused = _native(crops)
         for rows in chunks:
             product = buffer[: rows.stop - rows.start]
             torch.mul(_rows(spectrum, rows, batch), _rows(mask, rows, batch), out=product)
             field = torch.fft.ifft2(product)  # (out= would add a copy)
-            crop = crops[rows]
-            crop.copy_(field[window].conj())  # conj(w), as the backward needs it
+            crop = crops[rows]  # conj(w), as the backward needs it
+            if fused is not None:
+                fused.crop_intensity(field, start, crop, intensity[rows])
+                continue
+            crop.copy_(field[window].conj())
             squares = torch.view_as_real(crop).square()
             torch.add(squares[..., 0], squares[..., 1], out=intensity[rows])
         ctx.save_for_backward(spectrum, mask, crops)
@@ -493,11 +536,20 @@ class CroppedIntensity(torch.autograd.Function):
         chunks = batch_chunks(shape, grad.device)
         buffer = crops.new_zeros((chunks[0].stop,) + shape[1:])  # zero outside the window
         grads = {}
+        fused = None  # Σ_b over a batched (B, 1, N, N) spectrum for a shared mask, in one pass
+        shared_mask = not _batched(mask, batch) and _batched(spectrum, batch)
+        if need_mask and not need_spectrum and shared_mask and spectrum.shape[1] == 1:
+            fused = _native(spectrum, mask)
+        if fused is not None:
+            grads[1] = torch.empty(mask.shape, dtype=mask.dtype)
         for rows in chunks:
             padded = buffer[: rows.stop - rows.start]
             torch.mul(crops[rows], grad[rows], out=padded[window])
             half_conj_G = torch.fft.ifft2(padded)  # conj(G) / 2 = IFFT(conj(w) g)
             m, s = _rows(mask, rows, batch), _rows(spectrum, rows, batch)
+            if fused is not None:
+                fused.multiply_accumulate(half_conj_G, s, grads[1], accumulate=rows.start > 0)
+                continue
             if need_spectrum:
                 product = half_conj_G * m if need_mask else half_conj_G.mul_(m)
                 _accumulate(grads, 0, spectrum, rows, batch, _sum_to(product, s.shape))
@@ -505,6 +557,13 @@ class CroppedIntensity(torch.autograd.Function):
                 _accumulate(grads, 1, mask, rows, batch, _sum_to(half_conj_G.mul_(s), m.shape))
         out = [grads[i].conj_physical_().mul_(2.0) if i in grads else None for i in (0, 1)]
         return out[0], out[1], None, None
+
+
+def _native(*tensors: torch.Tensor):
+    """harness.native's kernels when they are built and apply to ``tensors``, else None."""
+    if not Kernels.usable(*tensors):
+        return None
+    return native_kernels()
 
 
 def _accumulate(grads: dict, index: int, operand, rows: slice, batch: int, value) -> None:

@@ -1,0 +1,93 @@
+"""The fused CPU kernels (harness.native) against the torch ops they replace."""
+
+import math
+import shutil
+
+import pytest
+import torch
+
+from harness import native, optics
+from harness.optics import FourF, OpticsConfig
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    fused = native.kernels()
+    if fused is None:
+        assert shutil.which("cc") is None and shutil.which("gcc") is None, (
+            "a C compiler is present but harness.native did not build (see its log warning)")
+        pytest.skip("no C compiler: harness.native falls back to torch ops")
+    return fused
+
+
+def _without_native(monkeypatch):
+    monkeypatch.setattr(optics, "native_kernels", lambda: None)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 30, 3 * 64 * 8 * 2])  # one chunk; 3 samples a chunk
+@pytest.mark.parametrize("mask_batch", [None, 1, 5])
+def test_cropped_intensity_native_equals_torch_ops(monkeypatch, kernels, chunk_bytes, mask_batch):
+    monkeypatch.setattr(optics, "CPU_CHUNK_BYTES", chunk_bytes)
+    gen = torch.Generator().manual_seed(0)
+    spectrum = torch.randn(5, 1, 8, 8, generator=gen, dtype=torch.complex64)
+    shape = (2, 8, 8) if mask_batch is None else (mask_batch, 2, 8, 8)
+    mask = torch.randn(shape, generator=gen, dtype=torch.complex64)
+    weights = torch.rand(5, 2, 3, 3, generator=gen)
+
+    def run():
+        m = mask.clone().requires_grad_(True)
+        intensity = optics.CroppedIntensity.apply(spectrum, m, 3, 3)
+        (intensity * weights).sum().backward()
+        return intensity.detach(), m.grad
+
+    fused = run()
+    _without_native(monkeypatch)
+    reference = run()
+    torch.testing.assert_close(fused[0], reference[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(fused[1], reference[1], atol=1e-5, rtol=1e-4)
+    plain = torch.fft.ifft2(spectrum * mask)[..., 3:6, 3:6].abs() ** 2
+    torch.testing.assert_close(fused[0], plain, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("levels", [8, 256])
+def test_quantized_phase_field_is_a_exp_i_rounded_phase(kernels, levels):
+    gen = torch.Generator().manual_seed(1)
+    phase = (torch.rand(3, 16, 16, generator=gen) - 0.5) * 40.0  # many turns, both signs
+    amplitude = (torch.rand(16, 16, generator=gen) > 0.2).float()
+    out = torch.empty(phase.shape, dtype=torch.complex64)
+    kernels.quantized_phase_field(phase, amplitude, levels, out)
+    step = 2 * math.pi / levels
+    rounded = torch.round(phase * (levels / (2 * math.pi))).double() * step
+    expected = amplitude.double() * torch.exp(1j * rounded)
+    torch.testing.assert_close(out.cdouble(), expected, atol=2e-6, rtol=0)
+
+
+def test_encoder_frames_and_mask_gradient_do_not_depend_on_native(monkeypatch, kernels):
+    enc = FourF(OpticsConfig(n=16), channels=3, init="random", seed=0)  # 8-bit LUT
+    images = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    weights = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+    def run():
+        enc.zero_grad()
+        frames = enc(images)
+        (frames * weights).sum().backward()
+        return frames.detach(), enc.phase.grad.clone()
+
+    fused = run()
+    _without_native(monkeypatch)
+    reference = run()
+    torch.testing.assert_close(fused[0], reference[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fused[1], reference[1], atol=1e-4, rtol=1e-3)
+
+
+def test_native_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("SIMGAP_NATIVE", "0")
+    assert native._load() is None
+
+
+def test_a_failed_build_falls_back_with_a_warning(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("SIMGAP_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    assert native._load() is None
+    assert "using torch ops" in caplog.text
+    assert not list(tmp_path.rglob("*.so"))
