@@ -80,3 +80,40 @@ void simgap_quantized_phase_field(const float *restrict phase, const float *rest
         }
     }
 }
+
+/* The window of zero-padded N x N planes m < M (start s, size n), written in place (the rest of
+ * out is left as it is, zero):
+ *     display: out[m, s+y, s+x] = (−1)^(y+x) · sqrt(max(I[m, y, x], 0)) + 0i   (real I)
+ *     product: out[m, s+y, s+x] = a[m, y, x] · g[m, y, x]             (complex a, real g)
+ * (−1)^(y+x) is the checkerboard of harness.optics that centres the spectrum (s + s is even). */
+void simgap_display_window(const float *restrict intensity, float *restrict out, int64_t planes,
+                           int64_t N, int64_t n, int64_t s)
+{
+    for (int64_t m = 0; m < planes; m++) {
+        for (int64_t y = 0; y < n; y++) {
+            const float *src = intensity + (m * n + y) * n;
+            float *dst = out + 2 * ((m * N + s + y) * N + s);
+            for (int64_t x = 0; x < n; x++) {
+                float v = src[x] > 0.0f ? sqrtf(src[x]) : 0.0f;
+                dst[2 * x] = ((x + y) & 1) ? -v : v;
+                dst[2 * x + 1] = 0.0f;
+            }
+        }
+    }
+}
+
+void simgap_window_product(const float *restrict a, const float *restrict g,
+                           float *restrict out, int64_t planes, int64_t N, int64_t n, int64_t s)
+{
+    for (int64_t m = 0; m < planes; m++) {
+        for (int64_t y = 0; y < n; y++) {
+            const float *av = a + 2 * (m * n + y) * n;
+            const float *gv = g + (m * n + y) * n;
+            float *dst = out + 2 * ((m * N + s + y) * N + s);
+            for (int64_t x = 0; x < n; x++) {
+                dst[2 * x] = av[2 * x] * gv[x];
+                dst[2 * x + 1] = av[2 * x + 1] * gv[x];
+            }
+        }
+    }
+}

@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("native.c")
-#: -ffp-contract=off: no fused multiply-add, so the sums round like torch's separate ops.
-FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off")
+#: -ffp-contract=off: no fused multiply-add, so the sums round like torch's separate ops;
+#: -fno-math-errno: sqrtf and rintf become single (vector) instructions.
+FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno")
 #: Vector instructions of this CPU (2-3x faster kernels than the x86-64 baseline); the library's
 #: cache key includes the CPU's feature flags, and a compiler without the flag gets FLAGS alone.
 NATIVE_FLAGS = ("-march=native",)
@@ -51,6 +52,12 @@ class Kernels:
         self._field = lib.simgap_quantized_phase_field
         self._field.argtypes = (ptr, ptr, ptr, ptr, i64, i64, i64)
         self._field.restype = None
+        self._display = lib.simgap_display_window
+        self._display.argtypes = (ptr, ptr, i64, i64, i64, i64)
+        self._display.restype = None
+        self._product = lib.simgap_window_product
+        self._product.argtypes = (ptr, ptr, ptr, i64, i64, i64, i64)
+        self._product.restype = None
         self._tables: dict[int, torch.Tensor] = {}
 
     @staticmethod
@@ -68,6 +75,23 @@ class Kernels:
         planes = field.numel() // (N * N)
         assert conj_out.numel() == intensity.numel() == planes * n * n and intensity.is_contiguous()
         self._crop(field.data_ptr(), conj_out.data_ptr(), intensity.data_ptr(), planes, N, n, start)
+
+    def display_window(self, intensity, start: int, out) -> None:
+        """Real part of the window of zero-padded complex grids out (..., N, N) that starts at
+        (start, start) = (−1)^(y+x) sqrt(max(intensity, 0)), imaginary part 0; intensity
+        (..., n, n) float32."""
+        N, n = out.shape[-1], intensity.shape[-1]
+        planes = intensity.numel() // (n * n)
+        assert out.numel() == planes * N * N
+        self._display(intensity.data_ptr(), out.data_ptr(), planes, N, n, start)
+
+    def window_product(self, a, g, start: int, out) -> None:
+        """out[..., start + y, start + x] = a[..., y, x] · g[..., y, x]: complex a and real g
+        (..., n, n), complex out (..., N, N); the rest of out is not touched."""
+        N, n = out.shape[-1], a.shape[-1]
+        planes = a.numel() // (n * n)
+        assert g.numel() == a.numel() and out.numel() == planes * N * N
+        self._product(a.data_ptr(), g.data_ptr(), out.data_ptr(), planes, N, n, start)
 
     def quantized_phase_field(self, phase, amplitude, levels: int, out) -> None:
         """out = amplitude · e^{2πi j / levels} with j = round(phase · levels / 2π): phase

@@ -360,18 +360,12 @@ class FourF(torch.nn.Module):
         intensity = images.to(self.phase.dtype)
         if imp is not None and imp.gamma is not None:
             intensity = intensity.clamp_min(0) ** _col(imp.gamma.to(intensity))
+        grid = self._rotated_grid(imp)
+        if grid is None and (imp is None or imp.mask_shift is None):
+            if not (torch.is_grad_enabled() and intensity.requires_grad):
+                return self._with_pupil(torch.fft.fft2(self._display_grid(intensity)), imp, None)
         amplitude = torch.sqrt(intensity.clamp_min(0))
         pad = (self._start, cfg.N - cfg.n - self._start)
-        grid = self._rotated_grid(imp)
-        tilted = imp is not None and imp.mask_shift is not None
-        if grid is None and not tilted and not (torch.is_grad_enabled() and amplitude.requires_grad):
-            # The FFT of a real input runs as a complex one anyway: write the checkered amplitude
-            # straight into the real part of a zeroed complex grid (no padded copy to promote).
-            u = amplitude.new_zeros(amplitude.shape[:2] + (cfg.N, cfg.N),
-                                    dtype=amplitude.dtype.to_complex())
-            real_window = (..., *self._window, 0)
-            torch.mul(amplitude, self.checker[self._window], out=torch.view_as_real(u)[real_window])
-            return self._with_pupil(torch.fft.fft2(u), imp, None)
         if grid is None:
             u = torch.nn.functional.pad(amplitude * self.checker[self._window], pad + pad)
             gx, gy = self.jx, self.jy
@@ -384,6 +378,23 @@ class FourF(torch.nn.Module):
             tilt = (-TWO_PI / cfg.N) * (_col(shift[:, 0]) * gx + _col(shift[:, 1]) * gy)
             u = cis(tilt, u)
         return self._with_pupil(torch.fft.fft2(u), imp, grid)
+
+    def _display_grid(self, intensity: torch.Tensor) -> torch.Tensor:
+        """Complex N x N grid (B, 1, N, N), zero but for the checkered amplitude
+        (−1)^(x+y) sqrt(I) on the input window (no graph).  The FFT of a real input runs as a
+        complex one anyway, so writing the real part of a complex grid saves the padded copy
+        and its promotion."""
+        cfg = self.config
+        u = intensity.new_zeros(intensity.shape[:2] + (cfg.N, cfg.N),
+                                dtype=intensity.dtype.to_complex())
+        fused = _native(intensity, u)
+        if fused is not None:
+            fused.display_window(intensity, self._start, u)
+        else:
+            amplitude = torch.sqrt(intensity.clamp_min(0))
+            real_window = (..., *self._window, 0)
+            torch.mul(amplitude, self.checker[self._window], out=torch.view_as_real(u)[real_window])
+        return u
 
     def _with_pupil(self, spectrum: torch.Tensor, imp: Imperfections | None, grid) -> torch.Tensor:
         pupil = self.pupil_phase(imp, grid)
@@ -542,9 +553,13 @@ class CroppedIntensity(torch.autograd.Function):
             fused = _native(spectrum, mask)
         if fused is not None:
             grads[1] = torch.empty(mask.shape, dtype=mask.dtype)
+        window_product = _native(crops, grad) if grad.dtype == torch.float32 else None
         for rows in chunks:
             padded = buffer[: rows.stop - rows.start]
-            torch.mul(crops[rows], grad[rows], out=padded[window])
+            if window_product is not None:
+                window_product.window_product(crops[rows], grad[rows], window[-1].start, padded)
+            else:
+                torch.mul(crops[rows], grad[rows], out=padded[window])
             half_conj_G = torch.fft.ifft2(padded)  # conj(G) / 2 = IFFT(conj(w) g)
             m, s = _rows(mask, rows, batch), _rows(spectrum, rows, batch)
             if fused is not None:

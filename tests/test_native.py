@@ -91,3 +91,21 @@ def test_a_failed_build_falls_back_with_a_warning(monkeypatch, tmp_path, caplog)
     assert native._load() is None
     assert "using torch ops" in caplog.text
     assert not list(tmp_path.rglob("*.so"))
+
+
+def test_window_kernels_write_only_the_window(kernels):
+    gen = torch.Generator().manual_seed(2)
+    intensity = torch.randn(2, 3, 4, 4, generator=gen)  # negative values display as 0
+    grid = torch.zeros(2, 3, 8, 8, dtype=torch.complex64)
+    kernels.display_window(intensity, 2, grid)
+    checker = 1.0 - 2.0 * ((torch.arange(4)[:, None] + torch.arange(4)) % 2)
+    expected = torch.zeros_like(grid)
+    expected[..., 2:6, 2:6] = intensity.clamp_min(0).sqrt() * checker
+    torch.testing.assert_close(grid, expected, atol=0, rtol=3e-7)
+    a = torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.complex64)
+    g = torch.rand(2, 3, 4, 4, generator=gen)
+    out = torch.full((2, 3, 8, 8), 7.0 + 1j, dtype=torch.complex64)
+    kernels.window_product(a, g, 3, out)
+    expected = torch.full_like(out, 7.0 + 1j)
+    expected[..., 3:7, 3:7] = a * g
+    torch.testing.assert_close(out, expected, atol=1e-7, rtol=0)
