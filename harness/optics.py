@@ -361,9 +361,9 @@ class FourF(torch.nn.Module):
         if imp is not None and imp.gamma is not None:
             intensity = intensity.clamp_min(0) ** _col(imp.gamma.to(intensity))
         grid = self._rotated_grid(imp)
-        if grid is None and (imp is None or imp.mask_shift is None):
-            if not (torch.is_grad_enabled() and intensity.requires_grad):
-                return self._with_pupil(torch.fft.fft2(self._display_grid(intensity)), imp, None)
+        aligned = grid is None and (imp is None or imp.mask_shift is None)
+        if aligned and not (torch.is_grad_enabled() and intensity.requires_grad):
+            return self._with_pupil(torch.fft.fft2(self._display_grid(intensity)), imp, None)
         amplitude = torch.sqrt(intensity.clamp_min(0))
         pad = (self._start, cfg.N - cfg.n - self._start)
         if grid is None:
