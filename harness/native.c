@@ -30,14 +30,15 @@ void simgap_crop_intensity(const float *restrict w, float *restrict conj_out,
 }
 
 /* out[c, p] (+)= Σ_b h[b, c, p] · s[b, p]  for complex h (B, K, P), s (B, P), out (K, P);
- * accumulate = 0 overwrites out.  One read of h and no (B, K, P) temporary (torch needs a
+ * accumulate = 0 overwrites out; finish != 0 then replaces out by 2 conj(out) (the last chunk
+ * of CroppedIntensity's backward).  One read of h and no (B, K, P) temporary (torch needs a
  * multiply pass and a sum pass).  Pixel blocks are outermost, so a block of out stays in L1
  * while b runs; the sum over b is sequential (deterministic). */
 #define SIMGAP_BLOCK 512
 
 void simgap_multiply_accumulate(const float *restrict h, const float *restrict s,
                                 float *restrict out, int64_t B, int64_t K, int64_t P,
-                                int accumulate)
+                                int accumulate, int finish)
 {
     for (int64_t p0 = 0; p0 < P; p0 += SIMGAP_BLOCK) {
         int64_t len = P - p0 < SIMGAP_BLOCK ? P - p0 : SIMGAP_BLOCK;
@@ -57,8 +58,22 @@ void simgap_multiply_accumulate(const float *restrict h, const float *restrict s
                     o[2 * i + 1] += hr * si + hi * sr;
                 }
             }
+            if (finish) {
+                for (int64_t i = 0; i < len; i++) {
+                    o[2 * i] *= 2.0f;
+                    o[2 * i + 1] *= -2.0f;
+                }
+            }
         }
     }
+}
+
+/* grad_phase[i] = Re f · Im g − Im f · Re g = Im(conj(f) g): PhaseField's backward. */
+void simgap_phase_gradient(const float *restrict f, const float *restrict g,
+                           float *restrict grad_phase, int64_t count)
+{
+    for (int64_t i = 0; i < count; i++)
+        grad_phase[i] = f[2 * i] * g[2 * i + 1] - f[2 * i + 1] * g[2 * i];
 }
 
 /* out[m, p] = a[p] · table[j],  j = rint(phase[m, p] · L / 2π) mod L,  table[j] = e^{2πi j / L}:

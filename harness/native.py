@@ -46,8 +46,11 @@ class Kernels:
         self._crop.argtypes = (ptr, ptr, ptr, i64, i64, i64, i64)
         self._crop.restype = None
         self._mac = lib.simgap_multiply_accumulate
-        self._mac.argtypes = (ptr, ptr, ptr, i64, i64, i64, ctypes.c_int)
+        self._mac.argtypes = (ptr, ptr, ptr, i64, i64, i64, ctypes.c_int, ctypes.c_int)
         self._mac.restype = None
+        self._phase_gradient = lib.simgap_phase_gradient
+        self._phase_gradient.argtypes = (ptr, ptr, ptr, i64)
+        self._phase_gradient.restype = None
 
         self._field = lib.simgap_quantized_phase_field
         self._field.argtypes = (ptr, ptr, ptr, ptr, i64, i64, i64)
@@ -106,11 +109,20 @@ class Kernels:
         self._field(phase.data_ptr(), amplitude.data_ptr(), table.data_ptr(), out.data_ptr(),
                     phase.numel() // P, P, levels)
 
-    def multiply_accumulate(self, h, s, out, accumulate: bool) -> None:
-        """out (K, N, N) (+)= Σ_b h[b] · s[b] for h (B, K, N, N) and s (B, 1, N, N)."""
+    def multiply_accumulate(self, h, s, out, accumulate: bool, finish: bool) -> None:
+        """out (K, N, N) (+)= Σ_b h[b] · s[b] for h (B, K, N, N) and s (B, 1, N, N); with
+        ``finish`` out becomes 2 conj(out) after the sum."""
         B, K, P = h.shape[0], h.shape[1], h.shape[-1] * h.shape[-2]
         assert s.numel() == B * P and out.numel() == K * P
-        self._mac(h.data_ptr(), s.data_ptr(), out.data_ptr(), B, K, P, int(accumulate))
+        self._mac(h.data_ptr(), s.data_ptr(), out.data_ptr(), B, K, P, int(accumulate),
+                  int(finish))
+
+    def phase_gradient(self, field, grad):
+        """Im(conj(field) · grad) as a new float32 tensor (field and grad complex64 alike)."""
+        assert field.shape == grad.shape
+        out = torch.empty(field.shape, dtype=torch.float32)
+        self._phase_gradient(field.data_ptr(), grad.data_ptr(), out.data_ptr(), field.numel())
+        return out
 
 
 def kernels() -> Kernels | None:

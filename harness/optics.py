@@ -453,6 +453,9 @@ class PhaseField(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (field,) = ctx.saved_tensors
+        fused = _native(field, grad)
+        if fused is not None:
+            return fused.phase_gradient(field, grad), None, None
         grad_phase = field.real * grad.imag
         return grad_phase.sub_(field.imag * grad.real), None, None
 
@@ -563,13 +566,16 @@ class CroppedIntensity(torch.autograd.Function):
             half_conj_G = torch.fft.ifft2(padded)  # conj(G) / 2 = IFFT(conj(w) g)
             m, s = _rows(mask, rows, batch), _rows(spectrum, rows, batch)
             if fused is not None:
-                fused.multiply_accumulate(half_conj_G, s, grads[1], accumulate=rows.start > 0)
+                fused.multiply_accumulate(half_conj_G, s, grads[1], accumulate=rows.start > 0,
+                                          finish=rows.stop == batch)
                 continue
             if need_spectrum:
                 product = half_conj_G * m if need_mask else half_conj_G.mul_(m)
                 _accumulate(grads, 0, spectrum, rows, batch, _sum_to(product, s.shape))
             if need_mask:
                 _accumulate(grads, 1, mask, rows, batch, _sum_to(half_conj_G.mul_(s), m.shape))
+        if fused is not None:  # already 2 conj(Σ ...)
+            return None, grads[1], None, None
         out = [grads[i].conj_physical_().mul_(2.0) if i in grads else None for i in (0, 1)]
         return out[0], out[1], None, None
 
