@@ -4,15 +4,17 @@
 
 For each n in (32, 64, 128) and k in (1, 4) it prints images/s of FourF forward+backward (ideal
 system, 8-bit LUT, loss on the frames, gradient to the mask) and the ratio of that time to the
-time of the FFTs alone: fft2 of the (B, 1, N, N) complex input grid (torch transforms a real input
-as a complex one too, so the model writes the amplitude straight into a complex grid), ifft2 of
-the (B, k, N, N) product and the one of its gradient in the backward pass.  They are measured in
-the same run, back to back with each model step, and run on the same batch chunks as the model
-(harness.optics CPU_CHUNK_BYTES), so neither side pays page faults for fields of tens of MB.
-Target: ratio <= 1.5.  Two statistics: "model/FFT" is the median of the per-repeat ratios,
-"best" the ratio of the fastest model step to the fastest FFT step (a shared machine only ever
-adds time, so the minima are its least disturbed runs).  On a shared CPU set OMP_NUM_THREADS=1
-(oversubscribed OpenMP threads make every op erratic); ``taskset -c 1`` steadies it further.
+time of the FFTs alone: fft2 of the (B, 1, N, N) complex input grid (torch transforms a real
+input as a complex one too, so the model writes the amplitude straight into a complex grid),
+ifft2 of the (B, k, N, N) product, and the ifft2 of the backward pass (see
+harness.optics.CroppedIntensity).  They are measured in the same run, back to back with each
+model step, on the same batch chunks as the model (harness.optics CPU_CHUNK_BYTES), so neither
+side pays page faults for fields of tens of MB.  Target: ratio <= 1.5.
+
+Two statistics: "model/FFT" is the median of the per-repeat ratios, "best" the ratio of the
+fastest model step to the fastest FFT step (a shared machine only ever adds time, so the minima
+are its least disturbed runs).  On a shared CPU set OMP_NUM_THREADS=1 (oversubscribed OpenMP
+threads make every op erratic); ``taskset -c 1`` steadies it further.
 """
 
 from __future__ import annotations
@@ -77,11 +79,11 @@ def bench_case(n: int, k: int, batch: int, device: str, repeats: int, imperfect:
 
     chunks = batch_chunks(spectra.shape, spectra.device)
 
-    def fft_step():  # forward: FFT of the input, IFFT of the k products; backward: one FFT
+    def fft_step():  # forward: FFT of the input, IFFT of the k products; backward: one IFFT
         torch.fft.fft2(grid)
         for rows in chunks:  # the batch chunks the model transforms (cache-sized on CPU)
             torch.fft.ifft2(spectra[rows])
-            torch.fft.fft2(spectra[rows])
+            torch.fft.ifft2(spectra[rows])  # conj(∂L/∂(S M)) / 2 = IFFT(conj(w) g)
 
     model, ratio, best = timed_pair(model_step, fft_step, repeats, device)
     return batch / model, ratio, best
