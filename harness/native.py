@@ -32,6 +32,7 @@ FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-
 #: cache key includes the CPU's feature flags, and a compiler without the flag gets FLAGS alone.
 NATIVE_FLAGS = ("-march=native",)
 
+_DTYPES = (torch.complex64, torch.float32)
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _state: dict = {}
@@ -65,11 +66,10 @@ class Kernels:
 
     @staticmethod
     def usable(*tensors: torch.Tensor) -> bool:
-        return all(
-            t.device.type == "cpu" and t.dtype in (torch.complex64, torch.float32)
-            and t.is_contiguous()
-            for t in tensors
-        )
+        for t in tensors:  # a plain loop: this runs a few times per 4F step
+            if t.device.type != "cpu" or t.dtype not in _DTYPES or not t.is_contiguous():
+                return False
+        return True
 
     def crop_intensity(self, field, start: int, conj_out, intensity) -> None:
         """conj_out = conj(field) and intensity = |field|² on the window of (..., N, N) field
