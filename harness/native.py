@@ -62,6 +62,9 @@ class Kernels:
         self._product = lib.simgap_window_product
         self._product.argtypes = (ptr, ptr, ptr, i64, i64, i64, i64)
         self._product.restype = None
+        self._clip_backward = lib.simgap_clip_backward
+        self._clip_backward.argtypes = (ptr, ptr, ptr, i64, ctypes.c_float, ctypes.c_float)
+        self._clip_backward.restype = None
         self._tables: dict[int, torch.Tensor] = {}
 
     @staticmethod
@@ -116,6 +119,13 @@ class Kernels:
         assert s.numel() == B * P and out.numel() == K * P
         self._mac(h.data_ptr(), s.data_ptr(), out.data_ptr(), B, K, P, int(accumulate),
                   int(finish))
+
+    def clip_backward(self, y, grad, lo: float, hi: float):
+        """grad where lo < y < hi, else 0 (y and grad float32 alike), as a new tensor."""
+        assert y.shape == grad.shape
+        out = torch.empty_like(y)
+        self._clip_backward(y.data_ptr(), grad.data_ptr(), out.data_ptr(), y.numel(), lo, hi)
+        return out
 
     def phase_gradient(self, field, grad):
         """Im(conj(field) · grad) as a new float32 tensor (field and grad complex64 alike)."""

@@ -472,7 +472,7 @@ def _sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 #: On CPU the fused 4F kernels work on batch chunks of about this many bytes of complex field, so
 #: the product, IFFT and crop of one chunk stay in cache (2-3x less memory traffic for large
 #: batches).  On GPUs the whole batch is one chunk.
-CPU_CHUNK_BYTES = 4 << 20
+CPU_CHUNK_BYTES = 2 << 20
 
 
 def batch_chunks(shape: torch.Size, device: torch.device) -> list[slice]:

@@ -16,10 +16,13 @@ Fields left ``None`` in the imperfections are ideal (no noise, no quantization, 
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+
+from harness import native
 
 if TYPE_CHECKING:
     from harness.optics import Imperfections
@@ -32,6 +35,32 @@ class CameraConfig(BaseModel):
 
     exposure: float = Field(1.0, gt=0, description="intensity scale: 1 maps an input of 1 to full scale")
     binning: int = Field(1, ge=1, description="camera pixel = binning x binning input-plane pixels")
+
+
+class Clip(torch.autograd.Function):
+    """clamp(y, lo, hi) (``lo`` None: no lower bound) with torch's gradient, ∂L/∂y where
+    lo < y < hi, in one pass on CPU (harness.native): torch's comparison + where backward costs
+    ~2 ns an element there, ~250 µs for a batch of 32 x 4 frames of 32 x 32."""
+
+    @staticmethod
+    def forward(ctx, y, lo, hi):
+        ctx.save_for_backward(y)
+        ctx.bounds = (-math.inf if lo is None else lo, hi)
+        return y.clamp(lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        lo, hi = ctx.bounds
+        grad = grad.contiguous()  # the gradient of a sum arrives expanded
+        fused = native.kernels() if native.Kernels.usable(y, grad) else None
+        if fused is not None:
+            return fused.clip_backward(y, grad, lo, hi), None, None
+        return torch.where((y > lo) & (y < hi), grad, 0.0), None, None
+
+
+def clip(y: torch.Tensor, lo: float | None, hi: float) -> torch.Tensor:
+    return Clip.apply(y, lo, hi)
 
 
 def _per_sample(value: torch.Tensor, ndim: int = 4) -> torch.Tensor:
@@ -98,7 +127,7 @@ class Camera(torch.nn.Module):
         if self.config.binning > 1:
             y = torch.nn.functional.avg_pool2d(y, self.config.binning)
         if imp is None:  # optical intensities are >= 0: an ideal sensor only saturates
-            return y.clamp_max(1.0)
+            return clip(y, None, 1.0)
 
         gain_map = None
         if imp.vignetting is not None:
@@ -123,7 +152,7 @@ class Camera(torch.nn.Module):
 
         if imp.gain is not None:
             y = y * _per_sample(imp.gain.to(y))
-        y = y.clamp(0.0, 1.0)
+        y = clip(y, 0.0, 1.0)
         if imp.bit_depth is not None:
             levels = _per_sample(2.0 ** imp.bit_depth.to(y) - 1.0)
             y = straight_through(y, torch.round(y * levels) / levels)

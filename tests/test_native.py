@@ -109,3 +109,23 @@ def test_window_kernels_write_only_the_window(kernels):
     expected = torch.full_like(out, 7.0 + 1j)
     expected[..., 3:7, 3:7] = a * g
     torch.testing.assert_close(out, expected, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("lo", [None, 0.0])
+def test_clip_has_the_gradient_of_torch_clamp(monkeypatch, kernels, lo):
+    from harness import sensor
+
+    y = torch.tensor([-0.5, 0.0, 0.3, 1.0, 1.7] * 4).reshape(2, 2, 5)  # values at the bounds
+    weights = torch.rand(2, 2, 5, generator=torch.Generator().manual_seed(0))
+    for grad_out in (weights, torch.ones(()).expand(2, 2, 5)):  # also the expanded grad of a sum
+        reference = y.clone().requires_grad_(True)
+        reference.clamp(lo, 1.0).backward(grad_out)
+        for fused in (True, False):
+            if not fused:
+                monkeypatch.setattr(native, "kernels", lambda: None)
+            x = y.clone().requires_grad_(True)
+            out = sensor.clip(x, lo, 1.0)
+            torch.testing.assert_close(out, y.clamp(lo, 1.0), atol=0, rtol=0)
+            out.backward(grad_out)
+            torch.testing.assert_close(x.grad, reference.grad, atol=0, rtol=0)
+        monkeypatch.undo()
