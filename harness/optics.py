@@ -500,8 +500,15 @@ def _batched(x: torch.Tensor, batch: int) -> bool:
 
 
 def _rows(x: torch.Tensor, rows: slice, batch: int) -> torch.Tensor:
-    """The chunk ``rows`` of an operand that has the batch dimension, else the operand itself."""
-    return x[rows] if _batched(x, batch) else x
+    """The chunk ``rows`` of an operand that has the batch dimension, else (or when the chunk is
+    the whole batch) the operand itself."""
+    return x[rows] if _batched(x, batch) and rows.stop - rows.start < batch else x
+
+
+def _head(buffer: torch.Tensor, rows: slice) -> torch.Tensor:
+    """The first rows of a chunk-sized buffer, as many as the chunk ``rows`` has."""
+    size = rows.stop - rows.start
+    return buffer if size == buffer.shape[0] else buffer[:size]
 
 
 class CroppedIntensity(torch.autograd.Function):
@@ -524,30 +531,29 @@ class CroppedIntensity(torch.autograd.Function):
         chunks = batch_chunks(shape, spectrum.device)
         buffer = spectrum.new_empty((chunks[0].stop,) + shape[1:])
         crops = spectrum.new_empty(shape[:2] + (n, n))
-        intensity = torch.empty(crops.shape, dtype=crops.real.dtype, device=crops.device)
+        intensity = spectrum.new_empty(crops.shape, dtype=spectrum.dtype.to_real())
         fused = _native(crops)
         for rows in chunks:
-            product = buffer[: rows.stop - rows.start]
+            product = _head(buffer, rows)
             torch.mul(_rows(spectrum, rows, batch), _rows(mask, rows, batch), out=product)
             field = torch.fft.ifft2(product)  # (out= would add a copy)
-            crop = crops[rows]  # conj(w), as the backward needs it
+            crop = _rows(crops, rows, batch)  # conj(w), as the backward needs it
             if fused is not None:
-                fused.crop_intensity(field, start, crop, intensity[rows])
+                fused.crop_intensity(field, start, crop, _rows(intensity, rows, batch))
                 continue
             crop.copy_(field[window].conj())
             squares = torch.view_as_real(crop).square()
             torch.add(squares[..., 0], squares[..., 1], out=intensity[rows])
         ctx.save_for_backward(spectrum, mask, crops)
-        ctx.geometry = (window, shape)
+        ctx.geometry = (window, shape, chunks)
         return intensity
 
     @staticmethod
     def backward(ctx, grad):
         spectrum, mask, crops = ctx.saved_tensors
-        window, shape = ctx.geometry
+        window, shape, chunks = ctx.geometry
         batch = shape[0]
         need_spectrum, need_mask = ctx.needs_input_grad[:2]
-        chunks = batch_chunks(shape, grad.device)
         buffer = crops.new_zeros((chunks[0].stop,) + shape[1:])  # zero outside the window
         grads = {}
         fused = None  # Σ_b over a batched (B, 1, N, N) spectrum for a shared mask, in one pass
@@ -558,11 +564,12 @@ class CroppedIntensity(torch.autograd.Function):
             grads[1] = torch.empty(mask.shape, dtype=mask.dtype)
         window_product = _native(crops, grad) if grad.dtype == torch.float32 else None
         for rows in chunks:
-            padded = buffer[: rows.stop - rows.start]
+            padded = _head(buffer, rows)
+            crop, g = _rows(crops, rows, batch), _rows(grad, rows, batch)
             if window_product is not None:
-                window_product.window_product(crops[rows], grad[rows], window[-1].start, padded)
+                window_product.window_product(crop, g, window[-1].start, padded)
             else:
-                torch.mul(crops[rows], grad[rows], out=padded[window])
+                torch.mul(crop, g, out=padded[window])
             half_conj_G = torch.fft.ifft2(padded)  # conj(G) / 2 = IFFT(conj(w) g)
             m, s = _rows(mask, rows, batch), _rows(spectrum, rows, batch)
             if fused is not None:
