@@ -135,6 +135,12 @@ class Kernels:
         return out
 
 
+def kernels_for(*tensors: torch.Tensor) -> Kernels | None:
+    """The kernels when they are built and apply to ``tensors`` (CPU, complex64 or float32,
+    contiguous), else None."""
+    return kernels() if Kernels.usable(*tensors) else None
+
+
 def kernels() -> Kernels | None:
     """The compiled kernels, built and loaded once per process; None when unavailable."""
     if "kernels" not in _state:

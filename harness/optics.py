@@ -32,8 +32,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.native import Kernels
-from harness.native import kernels as native_kernels
+from harness.native import kernels_for
 from harness.sensor import Camera, CameraConfig
 
 TWO_PI = 2.0 * math.pi
@@ -387,7 +386,7 @@ class FourF(torch.nn.Module):
         cfg = self.config
         u = intensity.new_zeros(intensity.shape[:2] + (cfg.N, cfg.N),
                                 dtype=intensity.dtype.to_complex())
-        fused = _native(intensity, u)
+        fused = kernels_for(intensity, u)
         if fused is not None:
             fused.display_window(intensity, self._start, u)
         else:
@@ -438,7 +437,7 @@ class PhaseField(torch.autograd.Function):
     @staticmethod
     def forward(ctx, phase, amplitude, levels=None):
         amplitude = amplitude.to(phase)  # in place: no graph here, and this is the hot path
-        fused = None if levels is None else _native(phase, amplitude)
+        fused = None if levels is None else kernels_for(phase, amplitude)
         if fused is not None:
             field = torch.empty(phase.shape, dtype=phase.dtype.to_complex())
             fused.quantized_phase_field(phase, amplitude, int(levels), field)
@@ -453,7 +452,7 @@ class PhaseField(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (field,) = ctx.saved_tensors
-        fused = _native(field, grad)
+        fused = kernels_for(field, grad)
         if fused is not None:
             return fused.phase_gradient(field, grad), None, None
         grad_phase = field.real * grad.imag
@@ -532,7 +531,7 @@ class CroppedIntensity(torch.autograd.Function):
         buffer = spectrum.new_empty((chunks[0].stop,) + shape[1:])
         crops = spectrum.new_empty(shape[:2] + (n, n))
         intensity = spectrum.new_empty(crops.shape, dtype=spectrum.dtype.to_real())
-        fused = _native(crops)
+        fused = kernels_for(crops)
         for rows in chunks:
             product = _head(buffer, rows)
             torch.mul(_rows(spectrum, rows, batch), _rows(mask, rows, batch), out=product)
@@ -545,13 +544,13 @@ class CroppedIntensity(torch.autograd.Function):
             squares = torch.view_as_real(crop).square()
             torch.add(squares[..., 0], squares[..., 1], out=intensity[rows])
         ctx.save_for_backward(spectrum, mask, crops)
-        ctx.geometry = (window, shape, chunks)
+        ctx.geometry = (start, window, shape, chunks)
         return intensity
 
     @staticmethod
     def backward(ctx, grad):
         spectrum, mask, crops = ctx.saved_tensors
-        window, shape, chunks = ctx.geometry
+        start, window, shape, chunks = ctx.geometry
         batch = shape[0]
         need_spectrum, need_mask = ctx.needs_input_grad[:2]
         buffer = crops.new_zeros((chunks[0].stop,) + shape[1:])  # zero outside the window
@@ -559,15 +558,15 @@ class CroppedIntensity(torch.autograd.Function):
         fused = None  # Σ_b over a batched (B, 1, N, N) spectrum for a shared mask, in one pass
         shared_mask = not _batched(mask, batch) and _batched(spectrum, batch)
         if need_mask and not need_spectrum and shared_mask and spectrum.shape[1] == 1:
-            fused = _native(spectrum, mask)
+            fused = kernels_for(spectrum, mask)
         if fused is not None:
             grads[1] = torch.empty(mask.shape, dtype=mask.dtype)
-        window_product = _native(crops, grad) if grad.dtype == torch.float32 else None
+        window_product = kernels_for(crops, grad) if grad.dtype == torch.float32 else None
         for rows in chunks:
             padded = _head(buffer, rows)
             crop, g = _rows(crops, rows, batch), _rows(grad, rows, batch)
             if window_product is not None:
-                window_product.window_product(crop, g, window[-1].start, padded)
+                window_product.window_product(crop, g, start, padded)
             else:
                 torch.mul(crop, g, out=padded[window])
             half_conj_G = torch.fft.ifft2(padded)  # conj(G) / 2 = IFFT(conj(w) g)
@@ -585,13 +584,6 @@ class CroppedIntensity(torch.autograd.Function):
             return None, grads[1], None, None
         out = [grads[i].conj_physical_().mul_(2.0) if i in grads else None for i in (0, 1)]
         return out[0], out[1], None, None
-
-
-def _native(*tensors: torch.Tensor):
-    """harness.native's kernels when they are built and apply to ``tensors``, else None."""
-    if not Kernels.usable(*tensors):
-        return None
-    return native_kernels()
 
 
 def _accumulate(grads: dict, index: int, operand, rows: slice, batch: int, value) -> None:

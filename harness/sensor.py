@@ -53,7 +53,7 @@ class Clip(torch.autograd.Function):
         (y,) = ctx.saved_tensors
         lo, hi = ctx.bounds
         grad = grad.contiguous()  # the gradient of a sum arrives expanded
-        fused = native.kernels() if native.Kernels.usable(y, grad) else None
+        fused = native.kernels_for(y, grad)
         if fused is not None:
             return fused.clip_backward(y, grad, lo, hi), None, None
         return torch.where((y > lo) & (y < hi), grad, 0.0), None, None

@@ -24,7 +24,8 @@ def kernels():
 
 
 def _without_native(monkeypatch):
-    monkeypatch.setattr(optics, "native_kernels", lambda: None)
+    monkeypatch.setattr(native, "kernels", lambda: None)
+    assert native.kernels_for(torch.zeros(1)) is None  # the torch ops run from here on
 
 
 @pytest.mark.parametrize("chunk_bytes", [1 << 30, 3 * 64 * 8 * 2])  # one chunk; 3 samples a chunk
