@@ -72,6 +72,8 @@ class Kernels:
         for t in tensors:  # a plain loop: this runs a few times per 4F step
             if t.device.type != "cpu" or t.dtype not in _DTYPES or not t.is_contiguous():
                 return False
+            if t.is_conj() or t.is_neg():  # lazy conj/neg views: their memory is not their value
+                return False
         return True
 
     def crop_intensity(self, field, start: int, conj_out, intensity) -> None:

@@ -84,6 +84,12 @@ def test_encoder_frames_and_mask_gradient_do_not_depend_on_native(monkeypatch, k
     torch.testing.assert_close(fused[1], reference[1], atol=1e-4, rtol=1e-3)
 
 
+def test_lazy_conjugate_views_are_not_handed_to_the_kernels():
+    z = torch.randn(4, dtype=torch.complex64)
+    assert native.Kernels.usable(z) and not native.Kernels.usable(z.conj())
+    assert not native.Kernels.usable(z.to(torch.complex128)) and not native.Kernels.usable(z[::2])
+
+
 def test_native_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("SIMGAP_NATIVE", "0")
     assert native._load() is None
