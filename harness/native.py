@@ -1,11 +1,14 @@
-"""Fused CPU kernels of the 4F model (``harness/native.c``), built on first use.
+"""Fused CPU kernels of the 4F model and camera (``harness/native.c``), built on first use.
 
-torch has no fused complex kernels for the two elementwise steps that cost most beside the FFTs
-(crop + conj + |w|², and multiply + sum over the batch), and torch.compile does not generate code
-for complex tensors.  The C file is compiled once per machine with the system C compiler
-(``$CC``, else ``cc``/``gcc``) into ``<simgap cache>/native/`` and loaded with ctypes.  Without a
-compiler, when the build fails, or with ``SIMGAP_NATIVE=0``, :func:`kernels` returns None and
-harness.optics runs the same steps as torch ops (the tests compare both).
+The elementwise steps around the FFTs are memory- and dispatch-bound on a CPU, torch has no fused
+complex kernels for them, and torch.compile does not generate code for complex tensors.  Here each
+is one pass: the input display window, the SLM field of a quantized phase (a table read instead of
+a cos and a sin), crop + conj + |w|², the backward's window product and multiply + batch sum, the
+phase gradient, and the sensor clip's backward.  The C file is compiled once per machine with the
+system C compiler (``$CC``, else ``cc``/``gcc``) into ``<simgap cache>/native/`` and loaded with
+ctypes.  Without a compiler, when the build fails, or with ``SIMGAP_NATIVE=0``, :func:`kernels`
+returns None and harness.optics / harness.sensor run the same steps as torch ops (the tests
+compare both).  Every wrapper checks the dtypes, layout and sizes of what it hands to C.
 """
 
 from __future__ import annotations
@@ -52,7 +55,6 @@ class Kernels:
         self._phase_gradient = lib.simgap_phase_gradient
         self._phase_gradient.argtypes = (ptr, ptr, ptr, i64)
         self._phase_gradient.restype = None
-
         self._field = lib.simgap_quantized_phase_field
         self._field.argtypes = (ptr, ptr, ptr, ptr, i64, i64, i64)
         self._field.restype = None
@@ -68,9 +70,16 @@ class Kernels:
         self._tables: dict[int, torch.Tensor] = {}
 
     @staticmethod
+    def _check(tensors, sizes_ok: bool) -> None:
+        """The C code trusts its arguments: refuse anything it would misread or overrun."""
+        if not (sizes_ok and Kernels.usable(*tensors)):
+            shapes = [(tuple(t.shape), t.dtype, t.is_contiguous()) for t in tensors]
+            raise ValueError(f"harness.native: arguments do not fit the kernel: {shapes}")
+
+    @staticmethod
     def usable(*tensors: torch.Tensor) -> bool:
         for t in tensors:  # a plain loop: this runs a few times per 4F step
-            if t.device.type != "cpu" or t.dtype not in _DTYPES or not t.is_contiguous():
+            if not t.is_cpu or t.dtype not in _DTYPES or not t.is_contiguous():
                 return False
             if t.is_conj() or t.is_neg():  # lazy conj/neg views: their memory is not their value
                 return False
@@ -81,7 +90,9 @@ class Kernels:
         that starts at (start, start) and has the size of conj_out (..., n, n)."""
         N, n = field.shape[-1], conj_out.shape[-1]
         planes = field.numel() // (N * N)
-        assert conj_out.numel() == intensity.numel() == planes * n * n and intensity.is_contiguous()
+        self._check((field, conj_out, intensity), _complex(field, conj_out) and _real(intensity)
+                    and conj_out.numel() == intensity.numel() == planes * n * n
+                    and 0 <= start and start + n <= N)
         self._crop(field.data_ptr(), conj_out.data_ptr(), intensity.data_ptr(), planes, N, n, start)
 
     def display_window(self, intensity, start: int, out) -> None:
@@ -90,7 +101,8 @@ class Kernels:
         (..., n, n) float32."""
         N, n = out.shape[-1], intensity.shape[-1]
         planes = intensity.numel() // (n * n)
-        assert out.numel() == planes * N * N
+        self._check((intensity, out), _real(intensity) and _complex(out)
+                    and out.numel() == planes * N * N and 0 <= start and start + n <= N)
         self._display(intensity.data_ptr(), out.data_ptr(), planes, N, n, start)
 
     def window_product(self, a, g, start: int, out) -> None:
@@ -98,7 +110,8 @@ class Kernels:
         (..., n, n), complex out (..., N, N); the rest of out is not touched."""
         N, n = out.shape[-1], a.shape[-1]
         planes = a.numel() // (n * n)
-        assert g.numel() == a.numel() and out.numel() == planes * N * N
+        self._check((a, g, out), _complex(a, out) and _real(g) and g.numel() == a.numel()
+                    and out.numel() == planes * N * N and 0 <= start and start + n <= N)
         self._product(a.data_ptr(), g.data_ptr(), out.data_ptr(), planes, N, n, start)
 
     def quantized_phase_field(self, phase, amplitude, levels: int, out) -> None:
@@ -110,7 +123,9 @@ class Kernels:
             table = self._tables[levels] = torch.polar(torch.ones_like(turns), turns).to(
                 torch.complex64)
         P = amplitude.numel()
-        assert phase.shape[-2:] == amplitude.shape and out.shape == phase.shape
+        self._check((phase, amplitude, out), _real(phase, amplitude) and _complex(out)
+                    and phase.shape[-2:] == amplitude.shape and out.shape == phase.shape
+                    and levels > 0)
         self._field(phase.data_ptr(), amplitude.data_ptr(), table.data_ptr(), out.data_ptr(),
                     phase.numel() // P, P, levels)
 
@@ -118,23 +133,32 @@ class Kernels:
         """out (K, N, N) (+)= Σ_b h[b] · s[b] for h (B, K, N, N) and s (B, 1, N, N); with
         ``finish`` out becomes 2 conj(out) after the sum."""
         B, K, P = h.shape[0], h.shape[1], h.shape[-1] * h.shape[-2]
-        assert s.numel() == B * P and out.numel() == K * P
+        self._check((h, s, out), _complex(h, s, out) and h.dim() == 4
+                    and s.numel() == B * P and out.numel() == K * P)
         self._mac(h.data_ptr(), s.data_ptr(), out.data_ptr(), B, K, P, int(accumulate),
                   int(finish))
 
     def clip_backward(self, y, grad, lo: float, hi: float):
         """grad where lo < y < hi, else 0 (y and grad float32 alike), as a new tensor."""
-        assert y.shape == grad.shape
+        self._check((y, grad), _real(y, grad) and y.shape == grad.shape)
         out = torch.empty_like(y)
         self._clip_backward(y.data_ptr(), grad.data_ptr(), out.data_ptr(), y.numel(), lo, hi)
         return out
 
     def phase_gradient(self, field, grad):
         """Im(conj(field) · grad) as a new float32 tensor (field and grad complex64 alike)."""
-        assert field.shape == grad.shape
+        self._check((field, grad), _complex(field, grad) and field.shape == grad.shape)
         out = torch.empty(field.shape, dtype=torch.float32)
         self._phase_gradient(field.data_ptr(), grad.data_ptr(), out.data_ptr(), field.numel())
         return out
+
+
+def _complex(*tensors: torch.Tensor) -> bool:
+    return all(t.dtype == torch.complex64 for t in tensors)
+
+
+def _real(*tensors: torch.Tensor) -> bool:
+    return all(t.dtype == torch.float32 for t in tensors)
 
 
 def kernels_for(*tensors: torch.Tensor) -> Kernels | None:
@@ -170,7 +194,8 @@ def _load() -> Kernels | None:
             _build(compiler, path)
         return Kernels(ctypes.CDLL(str(path)))
     except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("fused 4F kernels unavailable (%s); using torch ops", str(exc).strip()[:300])
+        reason = " ".join(str(exc).split())[:300]  # one line, compiler output included
+        log.warning("fused 4F kernels unavailable (%s); using torch ops", reason)
         return None
 
 

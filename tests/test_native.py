@@ -140,3 +140,15 @@ def test_clip_has_the_gradient_of_torch_clamp(monkeypatch, kernels, lo):
             out.backward(grad_out)
             torch.testing.assert_close(x.grad, reference.grad, atol=0, rtol=0)
         monkeypatch.undo()
+
+
+def test_kernels_refuse_arguments_they_would_overrun(kernels):
+    field = torch.zeros(2, 1, 8, 8, dtype=torch.complex64)
+    with pytest.raises(ValueError, match="do not fit"):
+        kernels.crop_intensity(field, 6, torch.empty(2, 1, 4, 4, dtype=torch.complex64),
+                               torch.empty(2, 1, 4, 4))  # window 6..10 leaves the 8 x 8 grid
+    with pytest.raises(ValueError, match="do not fit"):
+        kernels.multiply_accumulate(field, torch.zeros(1, 1, 8, 8, dtype=torch.complex64),
+                                    torch.empty(1, 8, 8, dtype=torch.complex64), False, True)
+    with pytest.raises(ValueError, match="do not fit"):
+        kernels.phase_gradient(field, field.real.contiguous())
