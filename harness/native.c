@@ -1,8 +1,10 @@
-/* Fused elementwise kernels of harness.optics (PhaseField, CroppedIntensity) on CPU.
+/* Fused elementwise kernels of harness.optics (input display, PhaseField, CroppedIntensity) and
+ * harness.sensor (Clip) on CPU.
  *
  * complex64 tensors are passed as interleaved (re, im) float pairs, all C-contiguous.  Built on
- * first use by harness/native.py with the system C compiler and called through ctypes; the torch
- * ops they replace stay in harness/optics.py as the fallback and as the reference of the tests.
+ * first use by harness/native.py with the system C compiler and called through ctypes, which
+ * checks every argument; the torch ops they replace stay in harness/optics.py and
+ * harness/sensor.py as the fallback and as the reference of the tests.
  */
 #include <math.h>
 #include <stdint.h>
@@ -78,7 +80,8 @@ void simgap_phase_gradient(const float *restrict f, const float *restrict g,
 
 /* out[m, p] = a[p] · table[j],  j = rint(phase[m, p] · L / 2π) mod L,  table[j] = e^{2πi j / L}:
  * the field of a phase quantized to L levels, one table read per pixel instead of a cos and a
- * sin (rint rounds half to even, as torch.round).  planes m < M of P pixels; a has P pixels. */
+ * sin (rint rounds half to even, as torch.round).  planes m < M of P pixels; a has P pixels.
+ * A non-finite (or absurdly large) phase gives NaN, as cos and sin would. */
 void simgap_quantized_phase_field(const float *restrict phase, const float *restrict a,
                                   const float *restrict table, float *restrict out,
                                   int64_t planes, int64_t P, int64_t L)
@@ -88,10 +91,13 @@ void simgap_quantized_phase_field(const float *restrict phase, const float *rest
         const float *ph = phase + m * P;
         float *o = out + 2 * m * P;
         for (int64_t p = 0; p < P; p++) {
-            int64_t j = (int64_t)rintf(ph[p] * per_radian) % L;
+            float steps = ph[p] * per_radian;
+            int finite = fabsf(steps) < 1.0e18f; /* false for NaN too; keeps the cast defined */
+            int64_t j = (int64_t)rintf(finite ? steps : 0.0f) % L;
             j += j < 0 ? L : 0;
-            o[2 * p] = a[p] * table[2 * j];
-            o[2 * p + 1] = a[p] * table[2 * j + 1];
+            float scale = finite ? a[p] : NAN;
+            o[2 * p] = scale * table[2 * j];
+            o[2 * p + 1] = scale * table[2 * j + 1];
         }
     }
 }
