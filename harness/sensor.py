@@ -52,10 +52,9 @@ class Clip(torch.autograd.Function):
     def backward(ctx, grad):
         (y,) = ctx.saved_tensors
         lo, hi = ctx.bounds
-        grad = grad.contiguous()  # the gradient of a sum arrives expanded
-        fused = native.kernels_for(y, grad)
-        if fused is not None:
-            return fused.clip_backward(y, grad, lo, hi), None, None
+        fused = native.kernels_for(y)
+        if fused is not None:  # the gradient of a sum arrives expanded: the kernel wants memory
+            return fused.clip_backward(y, grad.contiguous(), lo, hi), None, None
         return torch.where((y > lo) & (y < hi), grad, 0.0), None, None
 
 
