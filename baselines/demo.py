@@ -27,8 +27,9 @@ def run_demo(args) -> dict:
     """Train, capture, adapt and evaluate; returns {"rows": [...], "settings": {...}}."""
     from augment.policy import build_policy
     from baselines import get_method
-    from harness.bench import EmulatedBench, capture_dataset, capture_inputs, source_splits
-    from harness.captures import read_capture_set
+    from harness.lab.bench import EmulatedBench
+    from harness.lab.plans import capture_dataset, capture_inputs, source_splits
+    from harness.lab.captures import read_capture_set
     from harness.data import load_source, split_indices
     from harness.models import HybridModel
     from harness.optics import FourF, OpticsConfig

@@ -17,8 +17,8 @@ from harness.runtime import configure_threads, tune_cpu_allocator
 # Modules that contribute sub-commands, in the order they appear in ``simgap --help``.
 COMMAND_MODULES = (
     "harness.data",
-    "harness.captures",
-    "harness.bench",
+    "harness.lab.captures",
+    "harness.lab.cli",
     "augment.policy",
     "baselines.demo",
     "studies.cli",

@@ -161,7 +161,8 @@ def sim_model(config: StudyConfig, cache: ArtifactCache, policy: str, seed: int)
 def capture_set(config: StudyConfig, cache: ArtifactCache, policy: str, seed: int,
                 bench_seed: int, model=None) -> Path:
     """The cached capture set (pool / val / test inputs) of the sim model's mask on a bench."""
-    from harness.bench import EmulatedBench, capture_dataset
+    from harness.lab.bench import EmulatedBench
+    from harness.lab.plans import capture_dataset
 
     key = capture_key(config, policy, seed, bench_seed)
 
@@ -187,7 +188,7 @@ def real_splits(config: StudyConfig, capture_dir: Path):
 
 @lru_cache(maxsize=2)
 def _real_splits(data_json: str, capture_dir: str):
-    from harness.captures import read_capture_set
+    from harness.lab.captures import read_capture_set
     from harness.train import RealSplits
 
     captures = read_capture_set(capture_dir)

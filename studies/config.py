@@ -354,8 +354,8 @@ def validate_components(config: StudyConfig, where: str = "config") -> None:
     building them; each problem is a one-line SimgapError naming the field."""
     from augment.policy import build_policy
     from baselines import METHODS
-    from harness.bench import MASK_INITS
-    from harness.bench import PRESETS as BENCH_PRESETS
+    from harness.lab.bench import MASK_INITS
+    from harness.lab.bench import PRESETS as BENCH_PRESETS
     from harness.data import SOURCES
 
     source = config.data.source

@@ -36,7 +36,8 @@ log = logging.getLogger("simgap.studies")
 
 def _val_capture(config: StudyConfig, bench_seed: int):
     """(bench, val ids in capture order, their capture indices) for the study's val inputs."""
-    from harness.bench import EmulatedBench, capture_plan
+    from harness.lab.bench import EmulatedBench
+    from harness.lab.plans import capture_plan
 
     data = cells.study_data(config)
     plan = capture_plan(data.images, {"val": data.splits["val"]})
@@ -55,8 +56,9 @@ def _accuracy(model, frames: torch.Tensor, labels: torch.Tensor) -> float:
 
 def real_val_accuracy(config: StudyConfig, model, bench_seed: int, workdir: Path) -> float:
     """Capture the val inputs with ``model``'s mask, read them back, score the model."""
-    from harness.bench import EmulatedBench, capture_dataset
-    from harness.captures import read_capture_set
+    from harness.lab.bench import EmulatedBench
+    from harness.lab.plans import capture_dataset
+    from harness.lab.captures import read_capture_set
 
     data = cells.study_data(config)
     bench = EmulatedBench(config.optics, bench_seed, config.bench.preset)

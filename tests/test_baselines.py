@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from baselines import METHODS, SiameseOptions, get_method
-from harness.bench import EmulatedBench
+from harness.lab.bench import EmulatedBench
 from harness.data import load_source, split_indices
 from harness.errors import SimgapError
 from harness.models import HybridModel
@@ -153,7 +153,7 @@ def test_real_test_is_sealed(study, tmp_path):
 
 
 def test_real_splits_from_capture_set(study, tmp_path):
-    from harness.captures import read_capture_set, write_capture_set
+    from harness.lab.captures import read_capture_set, write_capture_set
     from harness.data import ImageSet
 
     model, _, real = study

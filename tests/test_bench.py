@@ -12,8 +12,9 @@ from PIL import Image
 from torch import nn
 
 from harness import cli
-from harness.bench import PRESETS, EmulatedBench, capture_inputs, capture_plan, source_splits
-from harness.captures import read_capture_set
+from harness.lab.bench import PRESETS, EmulatedBench
+from harness.lab.plans import capture_inputs, capture_plan, source_splits
+from harness.lab.captures import read_capture_set
 from harness.data import load_source
 from harness.optics import FourF, OpticsConfig
 
@@ -32,7 +33,7 @@ def edge_encoder():
 
 def run_cli(monkeypatch, argv):
     """``simgap ARGV`` with only the modules this feature needs (others may not exist yet)."""
-    modules = ("harness.data", "harness.captures", "harness.bench")
+    modules = ("harness.data", "harness.lab.captures", "harness.lab.cli")
     monkeypatch.setattr(cli, "COMMAND_MODULES", modules)
     return cli.main([str(a) for a in argv])
 

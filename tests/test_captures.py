@@ -14,8 +14,8 @@ import tifffile
 import torch
 from PIL import Image
 
-import harness.captures as cap
-from harness.captures import (
+import harness.lab.captures as cap
+from harness.lab.captures import (
     SPLITS,
     pair_with_inputs,
     read_capture_set,
@@ -529,7 +529,7 @@ def test_cli_error_exits_2_with_one_line(root, capsys, monkeypatch):
     import harness.cli
 
     (root / "mask.npz").unlink()
-    monkeypatch.setattr(harness.cli, "COMMAND_MODULES", ("harness.captures",))
+    monkeypatch.setattr(harness.cli, "COMMAND_MODULES", ("harness.lab.captures",))
     assert harness.cli.main(["captures", "check", str(root)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("simgap: error: ") and "mask.npz" in err and "\n" not in err
@@ -544,11 +544,11 @@ def test_full_cli_error_exits_2(root, capsys):
     try:
         code = harness.cli.main(["captures", "check", str(root)])
     except ImportError as exc:
-        if (exc.name or "").startswith("harness.captures"):
+        if (exc.name or "").startswith("harness.lab.captures"):
             raise
         pytest.skip(f"another command module is not importable yet: {exc}")
     except AttributeError as exc:  # a module being written that has no add_cli yet
-        if "add_cli" not in str(exc) or "harness.captures" in str(exc):
+        if "add_cli" not in str(exc) or "harness.lab.captures" in str(exc):
             raise
         pytest.skip(f"another command module is not ready yet: {exc}")
     assert code == 2

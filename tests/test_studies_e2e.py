@@ -204,14 +204,14 @@ def test_tuning_never_reads_real_test(tmp_path, monkeypatch, env):
                            clean.images.source, clean.images.origin), clean.splits)
     monkeypatch.setattr(study_cells, "study_data", lambda _config: poisoned)
     seen = []
-    import harness.bench
-    import harness.captures
+    import harness.lab.plans
+    import harness.lab.captures
     from harness.train import RealSplits
 
-    real_capture, real_read = harness.bench.capture_dataset, harness.captures.read_capture_set
-    monkeypatch.setattr(harness.bench, "capture_dataset",
+    real_capture, real_read = harness.lab.plans.capture_dataset, harness.lab.captures.read_capture_set
+    monkeypatch.setattr(harness.lab.plans, "capture_dataset",
                         lambda *a, **k: seen.append(set(a[3])) or real_capture(*a, **k))
-    monkeypatch.setattr(harness.captures, "read_capture_set",
+    monkeypatch.setattr(harness.lab.captures, "read_capture_set",
                         lambda root, splits=None: seen.append(set(splits or ["all"]))
                         or real_read(root, splits))
     monkeypatch.setattr(RealSplits, "for_final_evaluation",

@@ -1,0 +1,312 @@
+"""The emulated bench: the "real" domain when there is no physical bench (DESIGN.md section 5).
+
+A bench seed fixes ONE draw of every physics family the augmentation policies sample (camera
+defocus, SLM / camera misalignment, LUT error, fixed-pattern SLM phase noise, sensor) PLUS effects
+no policy models: Zernike astigmatism / coma / spherical, zero-order leakage, SLM fringing, a PRNU
+map, vignetting, a display gamma error (an uncorrected γ ≈ 2.2 at ``harsh``), 8-bit display
+quantization and a slow drift of the mask and camera shifts with the capture index.  The bench shows the *learned* mask (the phase of
+the encoder it is given) on its SLM through its own imperfect optics (same OpticsConfig geometry).
+
+Draws.  Every magnitude is ``level × U(0.6, 1)`` with a random sign (scalars) or a random direction
+(2-vectors: shifts, astigmatism, coma); ``level`` comes from the preset (sensor levels are spread
+as noted in :class:`BenchPreset`).  The unit draws depend on
+the seed only, so ``mild`` / ``typical`` / ``harsh`` of one seed are the same bench at growing
+strength.  Defocus is stated in waves W020 at the pupil edge: Δz = W020 · config.dz_per_wave.
+
+Drift.  Mask and camera shifts move with the capture index i (the order in which the inputs are
+shown) as a sum of three slow sinusoids per axis, zero at i = 0 (the lab aligned, then it drifts):
+``d(i) = Σ_j a_j [sin(2π i / T_j + φ_j) − sin φ_j]`` with rms amplitude ``drift_px`` and periods
+T_j in [T/2, 2T], T = ``drift_period`` captures.
+
+Noise.  Frames are deterministic given (bench seed, capture index): the optics are batched, and each
+frame's shot and read noise come from a ``torch.Generator`` seeded with splitmix64(seed, index),
+so a frame does not depend on the batch it was captured in.  The sensor is the Camera model of
+``harness.sensor`` with the noise drawn per frame: e = Poisson(V·y·P) + dark + N(0, read²),
+frame = quantize(clip(G · e / P)), y clipped at full scale (full-well saturation) first.
+
+Training code never reads a bench's parameters; they are written to ``bench.json`` next to the
+captures (``EmulatedBench.parameters``) for the record.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from harness.errors import SimgapError
+from harness.optics import ZERNIKE_NAMES, FourF, Imperfections, OpticsConfig
+from harness.sensor import Camera, vignetting_map
+
+MASK_INITS = ("random", "zeros", "edge")
+BENCH_VERSION = 1  # bump when a seed would draw another bench
+DISPLAY_BITS = 8  # the input display (and the exported input PNGs) are 8-bit
+_M64 = (1 << 64) - 1
+
+
+class BenchPreset(BaseModel):
+    """Levels of one strength preset (units in the names; see the module doc for the draw)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    defocus_waves: float  # camera defocus W020 at the pupil edge
+    mask_shift_px: float  # SLM mask shift, SLM pixels
+    mask_rotation_deg: float
+    camera_shift_px: float  # camera pixels
+    lut_scale_error: float  # relative error of the 2π phase range
+    lut_offset_rad: float
+    phase_noise_rad: float  # std of the fixed per-SLM-pixel phase pattern
+    astigmatism_waves: float
+    coma_waves: float
+    spherical_waves: float
+    zero_order: float  # leakage η
+    fringing_px: float  # Gaussian σ of the SLM fringing blur, SLM pixels
+    gamma: float  # display gamma at the centre of the draw (1 = linearised display)
+    gamma_error: float
+    prnu: float  # std of the pixel gain map
+    vignetting: float  # relative fall-off at the frame corner
+    photons: float  # electrons at full scale, × U(0.8, 1.2)
+    read_noise_e: float  # × U(0.8, 1.2)
+    dark_offset_e: float  # residual dark offset, × U(0.5, 1)
+    bit_depth: int
+    gain_error: float  # relative
+    drift_px: float  # rms of the drift of the mask and camera shifts
+    drift_period: float  # captures
+
+
+PRESETS: dict[str, BenchPreset] = {
+    "mild": BenchPreset(
+        defocus_waves=0.15, mask_shift_px=0.3, mask_rotation_deg=0.1, camera_shift_px=0.3,
+        lut_scale_error=0.02, lut_offset_rad=0.1, phase_noise_rad=0.03,
+        astigmatism_waves=0.03, coma_waves=0.02, spherical_waves=0.02,
+        zero_order=0.01, fringing_px=0.2, gamma=1.0, gamma_error=0.03, prnu=0.005,
+        vignetting=0.03, photons=20000.0, read_noise_e=2.0, dark_offset_e=1.0, bit_depth=12,
+        gain_error=0.01, drift_px=0.05, drift_period=2000.0,
+    ),
+    "typical": BenchPreset(
+        defocus_waves=0.5, mask_shift_px=1.5, mask_rotation_deg=0.5, camera_shift_px=1.2,
+        lut_scale_error=0.1, lut_offset_rad=0.3, phase_noise_rad=0.1,
+        astigmatism_waves=0.1, coma_waves=0.07, spherical_waves=0.05,
+        zero_order=0.05, fringing_px=0.5, gamma=1.0, gamma_error=0.25, prnu=0.01,
+        vignetting=0.1, photons=2000.0, read_noise_e=5.0, dark_offset_e=5.0, bit_depth=12,
+        gain_error=0.05, drift_px=0.3, drift_period=1000.0,
+    ),
+    "harsh": BenchPreset(
+        defocus_waves=1.2, mask_shift_px=3.0, mask_rotation_deg=1.5, camera_shift_px=3.0,
+        lut_scale_error=0.2, lut_offset_rad=0.6, phase_noise_rad=0.25,
+        astigmatism_waves=0.25, coma_waves=0.2, spherical_waves=0.15,
+        zero_order=0.12, fringing_px=1.0, gamma=2.2, gamma_error=0.2, prnu=0.02,
+        vignetting=0.25, photons=500.0, read_noise_e=10.0, dark_offset_e=15.0, bit_depth=10,
+        gain_error=0.1, drift_px=1.0, drift_period=500.0,
+    ),
+}  # fmt: skip
+
+
+def _splitmix64(x: int) -> int:
+    """SplitMix64 finalizer (Steele et al. 2014): a bijective 64-bit hash."""
+    z = (x + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def frame_seed(bench_seed: int, capture_index: int) -> int:
+    """Seed of one frame's noise generator: splitmix64(splitmix64(seed) xor index)."""
+    return _splitmix64(_splitmix64(int(bench_seed) & _M64) ^ (int(capture_index) & _M64))
+
+
+class EmulatedBench:
+    """One emulated bench: the fixed draw of imperfections of ``seed`` at ``preset`` strength."""
+
+    def __init__(self, config: OpticsConfig, seed: int, preset: str = "typical"):
+        if preset not in PRESETS:
+            raise SimgapError(f"preset: '{preset}' is not one of {', '.join(PRESETS)}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise SimgapError(f"bench seed: must be a non-negative integer, got {seed!r}")
+        self.config = config
+        self.seed = int(seed)
+        self.preset = preset
+        self.levels = PRESETS[preset]
+        self.frame_size = config.n // config.camera.binning
+        self._draw()
+
+    # ------------------------------------------------------------------ the draw
+    def _draw(self) -> None:
+        """Draw every fixed parameter from the seed (same unit draws for every preset)."""
+        p, cfg = self.levels, self.config
+        gen = torch.Generator().manual_seed(_splitmix64(self.seed ^ 0xBE4C))
+        units = iter(torch.rand(64, generator=gen, dtype=torch.float64).tolist())
+
+        def mag(level):  # level × U(0.6, 1)
+            return level * (0.6 + 0.4 * next(units))
+
+        def signed(level):
+            return mag(level) * (1.0 if next(units) < 0.5 else -1.0)
+
+        def vec(level):
+            r, a = mag(level), 2 * math.pi * next(units)
+            return [r * math.cos(a), r * math.sin(a)]
+
+        def spread(level, lo, hi):  # level × U(lo, hi)
+            return level * (lo + (hi - lo) * next(units))
+
+        defocus = signed(p.defocus_waves)
+        astig, coma = vec(p.astigmatism_waves), vec(p.coma_waves)
+        self.fixed = {
+            "defocus_waves": defocus,
+            "defocus_dz_m": defocus * cfg.dz_per_wave,
+            "mask_shift_px": vec(p.mask_shift_px),
+            "mask_rotation_deg": signed(p.mask_rotation_deg),
+            "camera_shift_px": vec(p.camera_shift_px),
+            "lut_scale": 1.0 + signed(p.lut_scale_error),
+            "lut_offset_rad": signed(p.lut_offset_rad),
+            "phase_noise_rad": p.phase_noise_rad,
+            "zernike_waves": dict(
+                zip(ZERNIKE_NAMES, [0.0, *astig, *coma, signed(p.spherical_waves)])
+            ),
+            "zero_order": mag(p.zero_order),
+            "fringing_px": mag(p.fringing_px),
+            "gamma": p.gamma + signed(p.gamma_error),
+            "display_bits": DISPLAY_BITS,
+            "photons": spread(p.photons, 0.8, 1.2),
+            "read_noise_e": spread(p.read_noise_e, 0.8, 1.2),
+            "dark_offset_e": spread(p.dark_offset_e, 0.5, 1.0),
+            "bit_depth": p.bit_depth,
+            "gain": 1.0 + signed(p.gain_error),
+            "prnu_std": p.prnu,
+            "vignetting": mag(p.vignetting),
+        }
+        # Slow drift: (2 shifts, 2 axes, 3 sinusoids) amplitudes, periods, phases.
+        w = torch.rand(2, 2, 3, generator=gen, dtype=torch.float64) + 0.25
+        amp = w * (p.drift_px * math.sqrt(2.0) / w.square().sum(-1, keepdim=True).sqrt())
+        period = p.drift_period * 4.0 ** (
+            torch.rand(2, 2, 3, generator=gen, dtype=torch.float64) - 0.5
+        )
+        phase = 2 * math.pi * torch.rand(2, 2, 3, generator=gen, dtype=torch.float64)
+        self._drift_terms = (amp, period, phase)
+        N, H = cfg.N, self.frame_size
+        self._phase_noise = p.phase_noise_rad * torch.randn(1, 1, N, N, generator=gen)
+        self._prnu = 1.0 + p.prnu * torch.randn(1, 1, H, H, generator=gen)
+
+    def drift(self, capture_index: torch.Tensor) -> torch.Tensor:
+        """(B, 2, 2) drift of (mask shift, camera shift) × (x, y), pixels, at each capture index."""
+        amp, period, phase = self._drift_terms
+        t = torch.as_tensor(capture_index).reshape(-1).cpu().double()[:, None, None, None]
+        d = amp * (torch.sin(2 * math.pi * t / period + phase) - torch.sin(phase))
+        return d.sum(-1).float()
+
+    # ------------------------------------------------------------------ imperfections
+    def imperfections(self, capture_index: torch.Tensor) -> Imperfections:
+        """Per-sample Imperfections for these capture indices (fixed parts have batch 1)."""
+        index = torch.as_tensor(capture_index).reshape(-1)
+        f = self.fixed
+
+        def one(value):
+            return torch.tensor([value], dtype=torch.float32)
+
+        drift = self.drift(index)
+        imp = Imperfections(
+            defocus_dz=one(f["defocus_dz_m"]),
+            mask_shift=torch.tensor([f["mask_shift_px"]]) + drift[:, 0],
+            mask_rotation=one(math.radians(f["mask_rotation_deg"])),
+            camera_shift=torch.tensor([f["camera_shift_px"]]) + drift[:, 1],
+            phase_noise=self._phase_noise,
+            lut_scale=one(f["lut_scale"]),
+            lut_offset=one(f["lut_offset_rad"]),
+            fringing=one(f["fringing_px"]),
+            zero_order=one(f["zero_order"]),
+            zernike=torch.tensor([list(f["zernike_waves"].values())]),
+            gamma=one(f["gamma"]),
+            photons=one(f["photons"]),
+            read_noise=one(f["read_noise_e"]),
+            dark_offset=one(f["dark_offset_e"]),
+            bit_depth=one(f["bit_depth"]),
+            gain=one(f["gain"]),
+            prnu=self._prnu,
+            vignetting=one(f["vignetting"]),
+        )
+        return imp.to(index.device)
+
+    # ------------------------------------------------------------------ capture
+    def optics(self, encoder_or_mask: FourF | torch.Tensor) -> FourF:
+        """The bench's own 4F system showing the encoder's mask (phase (k, N, N) radians)."""
+        phase = encoder_or_mask.phase if isinstance(encoder_or_mask, FourF) else encoder_or_mask
+        phase = torch.as_tensor(phase).detach()
+        if phase.dim() == 2:
+            phase = phase[None]
+        if phase.dim() != 3 or phase.shape[-2:] != (self.config.N, self.config.N):
+            raise SimgapError(
+                f"mask: phase of shape {tuple(phase.shape)} does not fit the bench grid "
+                f"N={self.config.N} (k, N, N)"
+            )
+        return FourF(self.config, channels=phase.shape[0], init=phase.float().cpu()).to(
+            phase.device
+        )
+
+    @torch.no_grad()
+    def capture(
+        self, encoder: FourF | torch.Tensor, images: torch.Tensor, capture_index
+    ) -> torch.Tensor:
+        """Frames (B, k, H, W) in [0, 1] of ``images`` (B, 1, n, n) shown at ``capture_index``."""
+        return self._capture(self.optics(encoder).to(images.device), images, capture_index)
+
+    def _capture(self, optics: FourF, images: torch.Tensor, capture_index) -> torch.Tensor:
+        index = torch.as_tensor(capture_index, dtype=torch.long).reshape(-1)
+        if index.numel() != images.shape[0]:
+            raise ValueError(f"capture_index: {index.numel()} indices for {images.shape[0]} images")
+        imp = self.imperfections(index).to(images.device)
+        levels = 2**DISPLAY_BITS - 1
+        shown = torch.round(images.clamp(0, 1) * levels) / levels
+        return self.sense(optics.intensity(shown, imp), imp, index)
+
+    def sense(
+        self, intensity: torch.Tensor, imp: Imperfections, index: torch.Tensor
+    ) -> torch.Tensor:
+        """Camera, noise drawn per frame: e = Poisson(V y P) + dark + N(0, read²); q(G e / P)."""
+        y = Camera(self.config.camera)(intensity)  # exposure, binning, full-well clip
+        y = y * vignetting_map(imp.vignetting, y.shape[-2], y.shape[-1]) * imp.prnu
+        photons = imp.photons.reshape(-1, 1, 1, 1)
+        expected = y * photons
+        counts = torch.empty_like(expected)
+        normal = torch.empty_like(expected)
+        gen = torch.Generator(device=expected.device)
+        for row, i in enumerate(index.tolist()):  # noise only; optics stay batched
+            gen.manual_seed(frame_seed(self.seed, i))
+            counts[row] = torch.poisson(expected[row], generator=gen)
+            normal[row].normal_(generator=gen)
+        electrons = (
+            counts
+            + imp.dark_offset.reshape(-1, 1, 1, 1)
+            + normal * imp.read_noise.reshape(-1, 1, 1, 1)
+        )
+        adc = Imperfections(gain=imp.gain, bit_depth=imp.bit_depth)
+        return Camera()(electrons / photons, adc)
+
+    # ------------------------------------------------------------------ record
+    def parameters(self) -> dict:
+        """JSON-friendly description of this bench (what bench.json records)."""
+        amp, period, phase = self._drift_terms
+        drift = {
+            name: {
+                "amplitude_px": amp[s].tolist(),
+                "period_captures": period[s].tolist(),
+                "phase_rad": phase[s].tolist(),
+            }
+            for s, name in enumerate(("mask_shift", "camera_shift"))
+        }
+        return {
+            "kind": "emulated",
+            "version": BENCH_VERSION,
+            "seed": self.seed,
+            "preset": self.preset,
+            "levels": self.levels.model_dump(),
+            "fixed": self.fixed,
+            "drift": {
+                "model": "d(i) = sum_j a_j [sin(2 pi i / T_j + phi_j) - sin(phi_j)], per axis",
+                **drift,
+            },
+            "noise": "per frame: torch.Generator seeded with splitmix64(splitmix64(seed) ^ index)",
+            "optics": self.config.describe(),
+        }
