@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from augment.physics import FAMILIES, Draw, make_family
-from harness.optics import OpticsConfig
+from harness.optics.params import OpticsConfig
 
 _TINY = 1e-6  # GaussianBlur divides by σ: its lower bound must be > 0
 _GAMMA = 2.2  # albumentations ShotNoise linearizes with this gamma

@@ -1,8 +1,12 @@
-"""Physics-consistent augmentation: per-sample :class:`~harness.optics.Imperfections` samplers.
+"""Physics-consistent augmentation: per-sample :class:`~harness.optics.params.Imperfections`
+generators.
 
-One sampler per family.  Each has a *strength* s in [0, 1] that sets the half-widths of the
-distributions linearly (s = 0 is the ideal bench: every field stays ``None``), and optional
-explicit ranges that override the mapping.  Half-widths are s times their value at s = 1:
+One parameter generator per family (:class:`~harness.optics.params.ParameterGenerator`:
+``family.step(batch, generator, config=...)`` returns the family's fields, those of
+``FAMILY_FIELDS[family.name]``; families compose with ``+``).  Each has a *strength* s in
+[0, 1] that sets the half-widths of the distributions linearly (s = 0 is the ideal bench:
+every field stays ``None``), and optional explicit ranges that override the mapping.
+Half-widths are s times their value at s = 1:
 
 =============  ==================  ===========================================================
 family         range key           distribution (at s = 1)
@@ -29,7 +33,9 @@ The geometric blur of W020 waves of defocus is a disk of radius 4 |W020| input p
 (ε = 2 W020 λ f / ρ_max, dx = λ f / (2 ρ_max)); :mod:`augment.image` matches that.
 
 Sampling is batched: one call draws all B samples with torch ops from an explicit
-``torch.Generator`` (on the generator's device), then moves them to ``device``.
+``torch.Generator`` (on the generator's device), then moves them to ``device``.  The emulated
+bench (harness.lab.bench) is a generator too; the fields it sets beyond ``POLICY_FIELDS`` are what
+no family here models.
 """
 
 from __future__ import annotations
@@ -43,9 +49,15 @@ from typing import ClassVar
 import torch
 
 from harness.errors import SimgapError
-from harness.optics import Imperfections, OpticsConfig
+from harness.optics.params import (
+    FAMILY_FIELDS,
+    Compose,
+    Imperfections,
+    OpticsConfig,
+    ParameterGenerator,
+)
 
-FAMILIES = ("defocus", "misalignment", "phase_jitter", "sensor")
+FAMILIES = tuple(FAMILY_FIELDS)  # defocus, misalignment, phase_jitter, sensor
 
 Range = float | tuple[float, float] | None
 
@@ -71,8 +83,10 @@ def _linear(at_one: float) -> Callable[[float], float]:
     return lambda s: s * at_one
 
 
-class Family:
-    """A family of imperfections: ``strength`` in [0, 1] plus optional explicit ``ranges``."""
+class Family(ParameterGenerator):
+    """A family of imperfections: ``strength`` in [0, 1] plus optional explicit ``ranges``.
+
+    Its :meth:`step` draws the fields ``FAMILY_FIELDS[name]`` (those that are not off)."""
 
     name: ClassVar[str]
     KNOBS: ClassVar[dict[str, Knob]]
@@ -111,11 +125,12 @@ class Family:
         """True when every range is off (None or 0): sampling returns no fields."""
         return all(v is None or v == 0 for v in self.ranges().values())
 
-    def sample(
+    def step(
         self,
         batch: int,
+        generator: torch.Generator | None = None,
+        *,
         config: OpticsConfig,
-        generator: torch.Generator,
         device: torch.device | str | None = None,
         channels: int = 1,
     ) -> Imperfections:
@@ -255,7 +270,7 @@ class Sensor(Family):
     """Camera noise: photons at full scale (log-uniform), read noise, ADC bit depth.
 
     Normalized frame variance a·y + b with a = 1/photons, b = read² / photons² + Δ²/12,
-    Δ = 1 / (2^bits − 1) (see :mod:`harness.sensor`).
+    Δ = 1 / (2^bits − 1) (see :mod:`harness.optics.sensor`).
     """
 
     name = "sensor"
@@ -294,8 +309,7 @@ def sample_all(
     device=None,
     channels: int = 1,
 ) -> Imperfections | None:
-    """Merge the draws of several families; ``None`` when all of them are ideal."""
-    imp = Imperfections()
-    for family in families:
-        imp = imp.merge(family.sample(batch, config, generator, device, channels))
+    """The merged draws of several families, in order; ``None`` when all of them are ideal."""
+    imp = Compose(*families).step(batch, generator, config=config, device=device,
+                                  channels=channels)
     return None if imp.is_ideal else imp

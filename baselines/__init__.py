@@ -6,7 +6,7 @@ Every method has the signature
            callback=None, checkpoint_dir=None) -> AdaptResult
 
 with ``model`` the sim-trained :class:`~harness.models.HybridModel` (never modified), ``pool`` the
-real pool fraction and ``val`` the real validation captures (:class:`~harness.train.FrameData`),
+real pool fraction and ``val`` the real validation captures (:class:`~harness.datasets.FrameData`),
 ``config`` a :class:`~harness.train.TrainConfig`.  Real test is never passed in; data tagged
 ``split="test"`` is refused.
 """

@@ -11,16 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from harness.datasets import check_not_test
 from harness.errors import SimgapError
-from harness.train import (
-    FitResult,
-    TrainConfig,
-    check_not_test,
-    clone_model,
-    evaluate,
-    feature_gap,
-    fit,
-)
+from harness.train import FitResult, TrainConfig, clone_model, evaluate, feature_gap, fit
 
 MODES = {"head": "head", "full": "digital"}
 

@@ -10,8 +10,9 @@ stem).  With z the L2-normalised trunk features, d = ‖z_sim − z_real‖ over
         + w_adv · BCE(domain head(GRL(z)), domain)            (optional, gradient reversal)
 
 The real budget is exactly the fine-tune baseline's (the same pool fraction); the mask is fixed.
-Model selection uses real val through the real stem (the unadapted model is a candidate).  The returned model is the real branch: a
-:class:`~harness.models.HybridModel` whose stem is the trained real stem.
+Model selection uses real val through the real stem (the unadapted model is a candidate).  The
+returned model is the real branch: a :class:`~harness.models.HybridModel` whose stem is the
+trained real stem.
 """
 
 from __future__ import annotations
@@ -25,16 +26,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from baselines.finetune import AdaptResult, finish, prepare
+from harness.datasets import Data, FrameData, ImageData, shuffled_batches
 from harness.errors import SimgapError
-from harness.train import (
-    FrameData,
-    ImageData,
-    TrainConfig,
-    _Data,
-    _device,
-    fit,
-    shuffled_batches,
-)
+from harness.models import model_device
+from harness.train import TrainConfig, fit
 
 
 class SiameseOptions(BaseModel):
@@ -134,7 +129,7 @@ class SiameseModel(nn.Module):
 
 
 @dataclass
-class SiameseData(_Data):
+class SiameseData(Data):
     """Each step: a batch of sim images (one pass per epoch, or ``steps_per_epoch`` batches) and
     ``real_batch_size`` real frames cycling through shuffled passes over the pool fraction."""
 
@@ -157,7 +152,7 @@ class SiameseData(_Data):
 
     def batch_loss(self, model: SiameseModel, index, policy, generator):
         sim_idx, real_idx = index
-        device = _device(model)
+        device = model_device(model)
         opts = self.options
         sim_frames = self.sim.batch_frames(model, sim_idx, policy, generator, train=True)
         with torch.no_grad():  # the ideal sim twins of the real captures (mask fixed)

@@ -1,8 +1,8 @@
 """The ``simgap`` command line.
 
-Each feature module exposes ``add_cli(subparsers)`` that registers its commands and sets
-``func`` on its parser; this file only assembles them.  A :class:`SimgapError` is printed as one
-line on stderr and the process exits with code 2.
+Each package's ``cli`` module exposes ``add_cli(subparsers)`` that registers its commands and
+sets ``func`` on its parser; this file only assembles them.  A :class:`SimgapError` is printed
+as one line on stderr and the process exits with code 2.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from harness.runtime import configure_threads, tune_cpu_allocator
 
 # Modules that contribute sub-commands, in the order they appear in ``simgap --help``.
 COMMAND_MODULES = (
-    "harness.data",
-    "harness.lab.captures",
+    "harness.data.cli",
     "harness.lab.cli",
-    "augment.policy",
-    "baselines.demo",
+    "augment.cli",
+    "baselines.cli",
     "studies.cli",
 )
 

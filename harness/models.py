@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from harness.errors import SimgapError
+from harness.files import save_torch
 from harness.optics import FourF, OpticsConfig
 
 Task = Literal["classify", "reconstruct", "both"]
@@ -257,11 +258,14 @@ class HybridModel(nn.Module):
         )
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's parameters."""
+    return next(model.parameters()).device
+
+
 def save_model(model: HybridModel, path) -> None:
     """Write spec + weights atomically (temp file + rename)."""
-    from harness.train import atomic_torch_save
-
-    atomic_torch_save({"spec": model.spec(), "state": model.state_dict()}, path)
+    save_torch({"spec": model.spec(), "state": model.state_dict()}, path)
 
 
 def load_model(path, map_location="cpu") -> HybridModel:

@@ -3,8 +3,8 @@
 - Threads: oversubscribed OpenMP threads (several workers x all cores) make every op erratic on
   a small machine, so each process gets ``cores // workers`` intra-op threads.
 - Allocator: glibc serves tensors above 128 KiB with fresh ``mmap`` pages, so every step pays the
-  page faults of its temporaries again (measured here: 2-2.7x slower 4F steps).  Raising the mmap
-  and trim thresholds keeps freed blocks in the heap for reuse, as jemalloc/tcmalloc would.
+  page faults of its temporaries again.  Raising the mmap and trim thresholds keeps freed blocks
+  in the heap for reuse, as jemalloc/tcmalloc would (``benchmarks/optics.py`` measures it).
 """
 
 from __future__ import annotations

@@ -11,29 +11,27 @@ next build.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
+from harness.files import staged_dir
 from studies.config import config_hash
 
 KEY_FILE = "key.json"
 
 
 class ArtifactCache:
+    """Entries ``<root>/<kind>/<hash of key>/``, each built once by whoever asks first."""
+
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
     def path(self, kind: str, key: Mapping[str, Any]) -> Path:
         return self.root / kind / config_hash(dict(key))
-
-    def has(self, kind: str, key: Mapping[str, Any]) -> bool:
-        return (self.path(kind, key) / KEY_FILE).is_file()
 
     def get_or_build(
         self, kind: str, key: Mapping[str, Any], build: Callable[[Path], Any]
@@ -54,13 +52,7 @@ class ArtifactCache:
                 shutil.rmtree(stale, ignore_errors=True)
             if dest.exists():  # an entry without its key file is incomplete
                 shutil.rmtree(dest)
-            tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir()
-            try:
+            with staged_dir(dest) as tmp:  # .NAME.tmp-*, removed if build fails
                 build(tmp)
                 (tmp / KEY_FILE).write_text(json.dumps(dict(key), indent=1, sort_keys=True))
-                os.replace(tmp, dest)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
         return dest, True

@@ -1,4 +1,4 @@
-"""One study cell, end to end (DESIGN.md section 2, stages 1-6).
+"""One study cell, end to end (docs/DESIGN.md section 2, stages 1-6).
 
     1. sim model of (policy, seed)           cached: trained once, shared by all its cells
     2.+3. capture set of (sim model, bench)  cached: the learned mask captured on the bench
@@ -9,8 +9,10 @@
     6. everything logged into the cell's MLflow run
 
 Cache keys hold everything that determines an entry, so a changed config never reuses a stale
-model.  The source is split once per study (``data.split_seed``) into sim train / val / test and
-the real pool / val / test inputs; the splits and the cell's real training ids are logged.
+model.  The source is split once per study (``data.split_seed``) by the one split rule,
+:func:`harness.data.splits.split_source`, into sim train / val / test and the real pool / val /
+test inputs (the same ids ``simgap capture`` and ``export-mask`` draw); the splits and the cell's
+real training ids are logged.
 """
 
 from __future__ import annotations
@@ -25,12 +27,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.errors import SimgapError
+from augment.policy import build_policy
+from baselines import get_method
+from harness.data import load_source, split_source
+from harness.datasets import ImageData, RealSplits
+from harness.lab.bench import EmulatedBench
+from harness.lab.plans import capture_dataset
+from harness.lab.validate import read_capture_set
+from harness.metrics import accuracy, feature_distance, reconstruction_metrics
+from harness.models import HybridModel, load_model, save_model
+from harness.optics import FourF
+from harness.optics.masks import export_mask
+from harness.train import TrainConfig, fit, predict
 from studies.cache import ArtifactCache
 from studies.config import ZERO_SHOT, StudyConfig, config_hash
+from studies.grid import Cell
 
 CACHE_VERSION = 1
-SPLIT_NAMES = ("sim_train", "sim_val", "sim_test", "pool", "val", "test")
 
 
 # ---------------------------------------------------------------------------------- data
@@ -46,21 +59,9 @@ class StudyData:
 
 @lru_cache(maxsize=4)
 def _load_data(data_json: str) -> StudyData:
-    from harness.data import load_source, split_indices
-
     data = json.loads(data_json)
     images = load_source(data["source"], data["size"], data["data_root"], data["limit"])
-    sizes = {
-        "sim_train": data["sim"]["train"], "sim_val": data["sim"]["val"],
-        "sim_test": data["sim"]["test"], "pool": data["real"]["pool"],
-        "val": data["real"]["val"], "test": data["real"]["test"],
-    }  # fmt: skip
-    if sum(sizes.values()) > len(images):
-        raise SimgapError(
-            f"data: sim + real sizes ask for {sum(sizes.values())} images but the source "
-            f"{data['source']} has {len(images)} (after limit)"
-        )
-    return StudyData(images, split_indices(images.labels, sizes, seed=data["split_seed"]))
+    return StudyData(images, split_source(images, data["sim"], data["real"], data["split_seed"]))
 
 
 def study_data(config: StudyConfig) -> StudyData:
@@ -90,13 +91,12 @@ def sim_key(config: StudyConfig, policy: str, seed: int) -> dict:
 
 
 def capture_key(config: StudyConfig, policy: str, seed: int, bench: int) -> dict:
-    return {"kind": "captures", "v": CACHE_VERSION, "sim": config_hash(sim_key(config, policy, seed)),
+    return {"kind": "captures", "v": CACHE_VERSION,
+            "sim": config_hash(sim_key(config, policy, seed)),
             "bench": bench, "preset": config.bench.preset}
 
 
 def train_config(config: StudyConfig, budget, seed: int, lr: float | None = None):
-    from harness.train import TrainConfig
-
     return TrainConfig(
         epochs=budget.epochs, batch_size=budget.batch_size, lr=lr or budget.lr,
         optics_lr=budget.optics_lr, weight_decay=budget.weight_decay, seed=seed,
@@ -110,12 +110,6 @@ def train_sim_model(config: StudyConfig, spec, seed: int, out: Path, callback=No
     """Train the hybrid model in simulation under ``spec``'s policy; writes ``model.pt``,
     ``history.json`` and the exported ``mask/`` into ``out``.  ``callback(model, epoch,
     metrics)`` runs after each epoch.  Returns the history record."""
-    from augment.policy import build_policy
-    from harness.masks import export_mask
-    from harness.models import HybridModel, save_model
-    from harness.optics import FourF
-    from harness.train import ImageData, fit
-
     data = study_data(config)
     images, labels, split = data.images.images, data.images.labels, data.splits
     encoder = FourF(config.optics, channels=config.model.channels, init=config.model.mask_init,
@@ -142,8 +136,6 @@ def train_sim_model(config: StudyConfig, spec, seed: int, out: Path, callback=No
 
 def sim_model(config: StudyConfig, cache: ArtifactCache, policy: str, seed: int):
     """(model, record) of the cached sim model, training it first if needed."""
-    from harness.models import load_model
-
     key = sim_key(config, policy, seed)
     ckpt = cache.path("sim", key).with_name(f".{config_hash(key)}.ckpt")
 
@@ -161,9 +153,6 @@ def sim_model(config: StudyConfig, cache: ArtifactCache, policy: str, seed: int)
 def capture_set(config: StudyConfig, cache: ArtifactCache, policy: str, seed: int,
                 bench_seed: int, model=None) -> Path:
     """The cached capture set (pool / val / test inputs) of the sim model's mask on a bench."""
-    from harness.lab.bench import EmulatedBench
-    from harness.lab.plans import capture_dataset
-
     key = capture_key(config, policy, seed, bench_seed)
 
     def build(tmp: Path) -> None:
@@ -188,22 +177,14 @@ def real_splits(config: StudyConfig, capture_dir: Path):
 
 @lru_cache(maxsize=2)
 def _real_splits(data_json: str, capture_dir: str):
-    from harness.lab.captures import read_capture_set
-    from harness.train import RealSplits
-
     captures = read_capture_set(capture_dir)
     return RealSplits.from_capture_set(captures, _load_data(data_json).images.images)
 
 
 # ---------------------------------------------------------------------------------- stage 4-6
-def run_cell(handle, cell, run) -> dict:
+def run_cell(handle, cell: Cell, run) -> dict:
     """Run one cell; logs into ``run`` (a :class:`studies.tracking.CellRun`), returns final
     metrics (``real_test_acc`` first)."""
-    from augment.policy import build_policy
-    from baselines import get_method
-    from harness.metrics import feature_distance
-    from harness.train import ImageData
-
     config: StudyConfig = handle.config
     cache = ArtifactCache(handle.cache_dir)
     data = study_data(config)
@@ -218,7 +199,15 @@ def run_cell(handle, cell, run) -> dict:
         "sim_best_epoch": record["best_epoch"],
     })  # fmt: skip
     run.log_history("sim", record["history"])
+    adapted, metrics = _adapt(config, data, cell, model, real, run)
+    metrics.update(_final_evaluation(config, data, cell, adapted, real, run))
+    primary = config.primary_metric
+    run.log_metrics({f"curve/{primary}": metrics[primary]}, step=round(cell.percent))
+    return {primary: metrics.pop(primary), **metrics}
 
+
+def _adapt(config: StudyConfig, data: StudyData, cell: Cell, model, real, run):
+    """Stage 4: (adapted model, metrics) after the cell's method on its real fraction."""
     fractions = real.pool_fractions([cell.fraction], cell.seed)
     pool = fractions[cell.fraction]
     val = real.val if config.selection.adapt == "real-val" else None
@@ -246,34 +235,36 @@ def run_cell(handle, cell, run) -> dict:
         metrics["real_val_acc"] = method_metrics["val_accuracy"]
     elif len(real.val) and adapted.classifies:
         metrics["real_val_acc"] = _scores(adapted, real.val)[0]["acc"]
+    return adapted, metrics
 
-    # ---- final evaluation: the only place real test is read
+
+def _final_evaluation(config: StudyConfig, data: StudyData, cell: Cell, adapted, real,
+                      run) -> dict:
+    """Stage 5: the only place real test is read; at 0 % also the sim side of the gap."""
+    metrics: dict = {}
     test = real.for_final_evaluation()
     real_scores, f_real = _scores(adapted, test)
     metrics.update({f"real_test_{k}": v for k, v in real_scores.items()})
-    if cell.method == ZERO_SHOT:  # the sim side of the gap: same inputs, ideal simulation
-        twins = ImageData(test.images, test.labels, split="sim-twins-of-test")
-        twin_scores, f_sim = _scores(adapted, twins)
-        metrics.update({f"sim_real_test_{k}": v for k, v in twin_scores.items()})
-        split = data.splits["sim_test"]
-        sim_test = ImageData(data.images.images[split], data.images.labels[split],
-                             split="sim-test")
-        metrics.update({f"sim_test_{k}": v for k, v in _scores(adapted, sim_test)[0].items()})
-        score = "acc" if "acc" in real_scores else "psnr"  # the gap of the primary score
-        metrics["gap"] = twin_scores[score] - real_scores[score]
-        dist = feature_distance(f_sim, f_real)
-        metrics.update({"feature_mmd2": dist["mmd2"], "feature_frechet": dist["frechet"]})
-        _log_features(run, f_sim, f_real, twins.labels, test.labels, config.report.feature_points)
-    primary = config.primary_metric
-    run.log_metrics({f"curve/{primary}": metrics[primary]}, step=round(cell.percent))
-    return {primary: metrics.pop(primary), **metrics}
+    if cell.method != ZERO_SHOT:
+        return metrics
+    # the sim side of the gap: the same inputs through the ideal simulation
+    twins = ImageData(test.images, test.labels, split="sim-twins-of-test")
+    twin_scores, f_sim = _scores(adapted, twins)
+    metrics.update({f"sim_real_test_{k}": v for k, v in twin_scores.items()})
+    split = data.splits["sim_test"]
+    sim_test = ImageData(data.images.images[split], data.images.labels[split],
+                         split="sim-test")
+    metrics.update({f"sim_test_{k}": v for k, v in _scores(adapted, sim_test)[0].items()})
+    score = "acc" if "acc" in real_scores else "psnr"  # the gap of the primary score
+    metrics["gap"] = twin_scores[score] - real_scores[score]
+    dist = feature_distance(f_sim, f_real)
+    metrics.update({"feature_mmd2": dist["mmd2"], "feature_frechet": dist["frechet"]})
+    _log_features(run, f_sim, f_real, twins.labels, test.labels, config.report.feature_points)
+    return metrics
 
 
 def _scores(model, data) -> tuple[dict, torch.Tensor]:
     """({acc | psnr, ssim}, features) of ``model`` on ``data`` from one pass."""
-    from harness.metrics import accuracy, reconstruction_metrics
-    from harness.train import predict
-
     out = predict(model, data)
     scores = {}
     if "logits" in out:

@@ -18,6 +18,13 @@ import time
 from pathlib import Path
 
 from harness.errors import SimgapError
+from studies.config import load_config, resolve_config_path, validate_components
+from studies.grid import grid_cells
+from studies.queue import grid_summary, requeue_stale, trial_counts
+from studies.report import build_report
+from studies.storage import open_study
+from studies.tune import run_tuning
+from studies.worker import run_study, run_worker
 
 
 def _setup_logging() -> None:
@@ -31,16 +38,12 @@ def _setup_logging() -> None:
 
 
 def _load(config_arg):
-    from studies.config import load_config, resolve_config_path, validate_components
-
     config = load_config(config_arg)
     validate_components(config, str(resolve_config_path(config_arg)))
     return config
 
 
 def _cmd_run(args) -> int:
-    from studies.grid import grid_cells, run_study
-
     _setup_logging()
     config = _load(args.config)
     if args.workers < 1:
@@ -61,8 +64,6 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_worker(args) -> int:
-    from studies.grid import run_worker
-
     _setup_logging()
     done = run_worker(args.target, args.study, args.cache, args.tracking_uri, args.parent_pid,
                       wait=not args.no_wait)
@@ -71,8 +72,6 @@ def _cmd_worker(args) -> int:
 
 
 def _cmd_status(args) -> int:
-    from studies.grid import grid_summary, open_study, requeue_stale, trial_counts
-
     handle = open_study(args.target, args.study)
     requeue_stale(handle)
     counts = trial_counts(handle)
@@ -85,17 +84,12 @@ def _cmd_status(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from studies.report import build_report
-
     path = build_report(args.study_dir, tracking_uri=args.tracking_uri)
     print(f"report: {path}")
     return 0
 
 
 def _cmd_check(args) -> int:
-    from studies.config import resolve_config_path
-    from studies.grid import grid_cells
-
     config = _load(args.config)
     cells = grid_cells(config)
     models = {(c.policy, c.seed) for c in cells}
@@ -106,8 +100,6 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_tune(args) -> int:
-    from studies.tune import run_tuning
-
     _setup_logging()
     config = _load(args.config)
     out = Path(args.out) if args.out else Path("runs") / f"{config.name}-tune"

@@ -1,8 +1,8 @@
 """Study configuration: one YAML file, validated with pydantic (unknown keys are errors).
 
 A study is a grid of cells over (policy / method, real fraction, seed, bench seed); see
-:mod:`studies.grid`.  Presets live in ``studies/configs/`` (``quick``: the default, a few minutes on
-a laptop CPU; ``paper``: full Fashion-MNIST, 5 seeds, 3 benches, for a GPU).  ``load_config`` turns
+:mod:`studies.grid`.  Presets live in ``studies/configs/`` (``quick``: the default, sized for a
+laptop CPU; ``paper``: full Fashion-MNIST, 5 seeds, 3 benches, for a GPU).  ``load_config`` turns
 any problem into a one-line :class:`SimgapError` naming the file and the field.
 
 Data protocol: the image source is split once (``data.split_seed``) into six disjoint,
@@ -22,12 +22,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+import baselines
+from augment.policy import build_policy
+from harness.data import SOURCES
 from harness.errors import SimgapError
+from harness.lab.bench import MASK_INITS
+from harness.lab.bench import PRESETS as BENCH_PRESETS
 from harness.optics import OpticsConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 PRESETS = ("quick", "paper")
-METHODS = ("finetune-head", "finetune-full", "real-only", "siamese")
 ZERO_SHOT = "none"  # the method of a 0 % cell: the sim-trained model as is
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+=-]*$")
@@ -352,12 +356,6 @@ def load_config(path: str | Path | None = None) -> StudyConfig:
 def validate_components(config: StudyConfig, where: str = "config") -> None:
     """Check the names other modules own (source, policies, methods, preset, mask init) by
     building them; each problem is a one-line SimgapError naming the field."""
-    from augment.policy import build_policy
-    from baselines import METHODS
-    from harness.lab.bench import MASK_INITS
-    from harness.lab.bench import PRESETS as BENCH_PRESETS
-    from harness.data import SOURCES
-
     source = config.data.source
     if source not in SOURCES and not source.startswith("folder:"):
         raise SimgapError(f"{where}: data.source: {source!r} is not one of {', '.join(SOURCES)}")
@@ -367,11 +365,14 @@ def validate_components(config: StudyConfig, where: str = "config") -> None:
             f"{', '.join(MASK_INITS)} or an existing mask file"
         )
     for method in config.methods:
-        if method not in METHODS:
-            raise SimgapError(f"{where}: methods: {method!r} is not one of {', '.join(METHODS)}")
+        if method not in baselines.METHODS:
+            raise SimgapError(
+                f"{where}: methods: {method!r} is not one of {', '.join(baselines.METHODS)}"
+            )
     if config.bench.preset not in BENCH_PRESETS:
         raise SimgapError(
-            f"{where}: bench.preset: {config.bench.preset!r} is not one of {', '.join(BENCH_PRESETS)}"
+            f"{where}: bench.preset: {config.bench.preset!r} is not one of "
+            f"{', '.join(BENCH_PRESETS)}"
         )
     for field, specs in (("policies", config.policies), ("ablations", config.ablations)):
         for i, spec in enumerate(specs):

@@ -22,7 +22,11 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from filelock import FileLock
+
+from harness.data import cache_dir
 from harness.errors import SimgapError
+from harness.files import atomic_write
 from studies import stopping
 
 T = TypeVar("T")
@@ -52,31 +56,25 @@ def _sqlite_path(uri: str) -> Path | None:
 def prepare_sqlite_store(uri: str) -> None:
     """Create a new SQLite tracking database by copying an empty, fully migrated one.
 
-    Creating the schema runs all of MLflow's migrations (10-20 s); the empty database is made
-    once per MLflow version under the simgap cache folder and copied (MLflow checks the schema
-    version whenever it opens a store, so a stale template cannot go unnoticed)."""
+    Creating the schema runs all of MLflow's migrations, which is slow; the empty database is
+    made once per MLflow version under the simgap cache folder and copied (MLflow checks the
+    schema version whenever it opens a store, so a stale template cannot go unnoticed)."""
     import mlflow
     from mlflow import MlflowClient
-
-    from harness.data import cache_dir
 
     path = _sqlite_path(uri)
     if path is None or path.exists():
         return
     template = cache_dir() / f"mlflow-{mlflow.__version__}-empty.db"
     template.parent.mkdir(parents=True, exist_ok=True)
-    from filelock import FileLock
+
+    def migrate(tmp: Path) -> None:  # MLflow fills the empty file atomic_write hands over
+        retry(MlflowClient, tracking_uri=f"sqlite:///{tmp}").search_experiments()
 
     with FileLock(str(template) + ".lock"):
         if not template.exists():
-            tmp = template.with_name(f".{template.name}.tmp-{os.getpid()}")
-            tmp.unlink(missing_ok=True)
-            retry(MlflowClient, tracking_uri=f"sqlite:///{tmp}").search_experiments()
-            os.replace(tmp, template)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.copyfile(template, tmp)
-    os.replace(tmp, path)
+            atomic_write(template, migrate)
+    atomic_write(path, lambda tmp: shutil.copyfile(template, tmp))
 
 
 def _quiet() -> None:
@@ -198,9 +196,6 @@ class Tracking:
 
     def get_run(self, run_id: str):
         return retry(self.client.get_run, run_id)
-
-    def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
-        return [(m.step, m.value) for m in retry(self.client.get_metric_history, run_id, key)]
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         path = Path(path)

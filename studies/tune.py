@@ -16,7 +16,6 @@ YAML (``name``, ``label``, ``strengths``, ``lr``) that a study config names with
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
@@ -27,18 +26,25 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
+from augment.policy import build_policy
+from harness.datasets import FrameData
 from harness.errors import SimgapError
-from studies import cells, grid, tracking
+from harness.files import write_json, write_text
+from harness.lab.bench import EmulatedBench
+from harness.lab.plans import capture_dataset, capture_plan
+from harness.lab.validate import read_capture_set
+from harness.metrics import accuracy
+from harness.models import load_model
+from harness.train import predict
+from studies import cells, queue, tracking
 from studies.config import PolicySpec, StudyConfig, config_hash
+from studies.storage import open_storage, resolve_storage_url
 
 log = logging.getLogger("simgap.studies")
 
 
 def _val_capture(config: StudyConfig, bench_seed: int):
     """(bench, val ids in capture order, their capture indices) for the study's val inputs."""
-    from harness.lab.bench import EmulatedBench
-    from harness.lab.plans import capture_plan
-
     data = cells.study_data(config)
     plan = capture_plan(data.images, {"val": data.splits["val"]})
     ids = torch.tensor(plan["input_id"].to_numpy(copy=True), dtype=torch.long)
@@ -47,19 +53,12 @@ def _val_capture(config: StudyConfig, bench_seed: int):
 
 
 def _accuracy(model, frames: torch.Tensor, labels: torch.Tensor) -> float:
-    from harness.metrics import accuracy
-    from harness.train import FrameData, predict
-
     out = predict(model, FrameData(frames, labels, split="val"))
     return accuracy(out["logits"], labels)
 
 
 def real_val_accuracy(config: StudyConfig, model, bench_seed: int, workdir: Path) -> float:
     """Capture the val inputs with ``model``'s mask, read them back, score the model."""
-    from harness.lab.bench import EmulatedBench
-    from harness.lab.plans import capture_dataset
-    from harness.lab.captures import read_capture_set
-
     data = cells.study_data(config)
     bench = EmulatedBench(config.optics, bench_seed, config.bench.preset)
     capture_dataset(bench, model.encoder.phase.detach(), data.images, {"val": data.splits["val"]},
@@ -77,8 +76,7 @@ def _objective(config, policy: str, families, seed: int, bench_seed: int, tracke
         strengths = {f: trial.suggest_float(f"strength.{f}", 0.0, 1.0) for f in families}
         lr = trial.suggest_float("lr", config.training.lr / 4, config.training.lr * 4, log=True)
         spec = PolicySpec(name=policy, strengths=strengths, lr=lr)
-        trial.set_user_attr("worker", grid._worker_identity())
-        trial.set_user_attr("heartbeat", time.time())
+        queue.mark_started(trial)
         run = tracker.start_cell(parent, f"tune/{policy}/trial{trial.number}",
                                  {"simgap.trial": str(trial.number)},
                                  {"policy": policy, "seed": seed, "bench": bench_seed,
@@ -99,8 +97,6 @@ def _objective(config, policy: str, families, seed: int, bench_seed: int, tracke
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 cells.train_sim_model(config, spec, seed, Path(tmp), callback=report)
-                from harness.models import load_model
-
                 model = load_model(Path(tmp) / "model.pt")
                 value = real_val_accuracy(config, model, bench_seed, Path(tmp))
         except optuna.TrialPruned:
@@ -117,14 +113,6 @@ def _objective(config, policy: str, families, seed: int, bench_seed: int, tracke
     return objective
 
 
-def _fail_orphans(study: optuna.Study, stale_after: float) -> None:
-    """RUNNING trials of a killed tuning process are marked FAIL (TPE then ignores them)."""
-    now = time.time()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if grid._is_stale(t, now, stale_after):
-            grid._fail(study._storage, t._trial_id)
-
-
 def run_tuning(
     config: StudyConfig,
     out: str | Path,
@@ -136,8 +124,6 @@ def run_tuning(
     bench_seed: int | None = None,
 ) -> dict:
     """Tune ``policy``'s strengths and the sim lr; returns {value, trial, params, path}."""
-    from augment.policy import build_policy
-
     if trials < 1:
         raise SimgapError(f"--trials: must be at least 1, got {trials}")
     families = build_policy(policy, {}, config.optics).families
@@ -147,25 +133,15 @@ def run_tuning(
     bench_seed = config.bench.seeds[0] if bench_seed is None else bench_seed
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    url = grid._resolve_storage_url(storage, out)
-    key = config_hash({"config": config.hash(), "policy": policy, "seed": seed,
-                       "bench": bench_seed})
-    name = f"{config.name}-tune-{policy}-{key[:8]}"
-    study = optuna.create_study(
-        study_name=name,
-        storage=grid.open_storage(url),
-        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, trials)),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
-        direction="maximize",
-        load_if_exists=True,
-    )
-    study.set_user_attr("kind", "simgap-tune")
-    study.set_user_attr("config", config.model_dump(mode="json"))
+    url = resolve_storage_url(storage, out)
+    study = _tuning_study(config, url, policy, seed, bench_seed, trials)
     uri = tracking_uri or config.tracking_uri or tracking.default_tracking_uri(out)
     tracker = tracking.Tracking(uri, f"simgap/{config.name}-tune")
-    parent = tracker.parent_run(name, {"policy": policy, "seed": seed, "bench": bench_seed,
-                                       "config": config.model_dump(mode="json")})
-    _fail_orphans(study, config.grid.stale_after_s)
+    parent = tracker.parent_run(study.study_name,
+                                {"policy": policy, "seed": seed, "bench": bench_seed,
+                                 "config": config.model_dump(mode="json")})
+    # trials left RUNNING by a killed tuning process: FAIL, so TPE ignores them
+    queue.fail_stale(study, config.grid.stale_after_s)
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     left = trials - len(study.get_trials(deepcopy=False, states=finished))
     if left > 0:
@@ -176,9 +152,41 @@ def run_tuning(
         tracker.set_status(parent, "FAILED")
         raise SimgapError(f"{out}: no tuning trial completed (all pruned or failed)")
     best = study.best_trial
+    doc = _tuned_policy(config, study, policy, seed, bench_seed, url)
+    path = _write_tuned_policy(out, policy, doc)
+    tracker.log_metrics(parent, {"best_real_val_acc": best.value})
+    tracker.log_artifact(parent, path)
+    tracker.set_status(parent, "FINISHED")
+    write_json(out / "tune.json", {"study": study.study_name, "storage": url, "best": doc})
+    return {"value": float(best.value), "trial": best.number, "params": best.params,
+            "path": path}
+
+
+def _tuning_study(config: StudyConfig, url: str, policy: str, seed: int, bench_seed: int,
+                  trials: int) -> optuna.Study:
+    """The tuning study of (config, policy, seed, bench), created or resumed."""
+    key = config_hash({"config": config.hash(), "policy": policy, "seed": seed,
+                       "bench": bench_seed})
+    study = optuna.create_study(
+        study_name=f"{config.name}-tune-{policy}-{key[:8]}",
+        storage=open_storage(url),
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, trials)),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+        direction="maximize",
+        load_if_exists=True,
+    )
+    study.set_user_attr("kind", "simgap-tune")
+    study.set_user_attr("config", config.model_dump(mode="json"))
+    return study
+
+
+def _tuned_policy(config: StudyConfig, study: optuna.Study, policy: str, seed: int,
+                  bench_seed: int, url: str) -> dict:
+    """The tuned-policy document of the best trial (what a study config's ``file:`` reads)."""
+    best = study.best_trial
     strengths = {k.removeprefix("strength."): v for k, v in best.params.items()
                  if k.startswith("strength.")}
-    doc = {
+    return {
         "name": policy,
         "label": f"{policy}-tuned",
         "strengths": {k: round(v, 6) for k, v in strengths.items()},
@@ -187,19 +195,15 @@ def run_tuning(
             "objective": "real val accuracy after sim training (real test never used)",
             "real_val_acc": float(best.value), "trial": best.number,
             "trials": len(study.trials), "seed": seed, "bench_seed": bench_seed,
-            "bench_preset": config.bench.preset, "study": name, "storage": url,
+            "bench_preset": config.bench.preset, "study": study.study_name, "storage": url,
             "config": config.name, "config_hash": config.hash(),
         },
     }  # fmt: skip
+
+
+def _write_tuned_policy(out: Path, policy: str, doc: dict) -> Path:
     path = out / f"tuned-{policy.replace(':', '_')}.yaml"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("# written by `simgap tune`; name it in a study config: "
-                   f"policies: [..., {{file: {path.name}}}]\n"
-                   + yaml.safe_dump(doc, sort_keys=False))
-    tmp.replace(path)
-    tracker.log_metrics(parent, {"best_real_val_acc": best.value})
-    tracker.log_artifact(parent, path)
-    tracker.set_status(parent, "FINISHED")
-    grid._write_atomic(out / "tune.json", json.dumps({"study": name, "storage": url, "best": doc}, indent=2))
-    return {"value": float(best.value), "trial": best.number, "params": best.params,
-            "path": path}
+    write_text(path, "# written by `simgap tune`; name it in a study config: "
+                     f"policies: [..., {{file: {path.name}}}]\n"
+                     + yaml.safe_dump(doc, sort_keys=False))
+    return path

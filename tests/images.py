@@ -9,7 +9,7 @@ def _grid(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def gaussian_blob(batch=1, n=32, cx=None, cy=None, sigma=2.0) -> torch.Tensor:
-    """(batch, 1, n, n) Gaussian spot of width ``sigma`` px at (cx, cy), the centre n/2 by default."""
+    """(batch, 1, n, n) Gaussian spot of width ``sigma`` px at (cx, cy) (default: centre n/2)."""
     cx = n / 2 if cx is None else cx
     cy = n / 2 if cy is None else cy
     y, x = _grid(n)

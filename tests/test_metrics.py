@@ -7,9 +7,10 @@ import torch
 
 from harness import metrics as M
 from harness.data import load_source
+from harness.datasets import ImageData
 from harness.models import HybridModel
 from harness.optics import FourF, OpticsConfig
-from harness.train import ImageData, evaluate
+from harness.train import evaluate
 
 
 def test_accuracy_and_per_class():

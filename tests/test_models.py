@@ -5,10 +5,11 @@ import torch
 
 from augment.policy import build_policy
 from harness.data import load_source, split_indices
+from harness.datasets import ImageData
 from harness.errors import SimgapError
 from harness.models import HybridModel, load_model, save_model
 from harness.optics import FourF, OpticsConfig
-from harness.train import ImageData, TrainConfig, evaluate, fit
+from harness.train import TrainConfig, evaluate, fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

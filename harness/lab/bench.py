@@ -1,11 +1,17 @@
-"""The emulated bench: the "real" domain when there is no physical bench (DESIGN.md section 5).
+"""The emulated bench: the "real" domain when there is no physical bench (docs/DESIGN.md section 5).
 
-A bench seed fixes ONE draw of every physics family the augmentation policies sample (camera
-defocus, SLM / camera misalignment, LUT error, fixed-pattern SLM phase noise, sensor) PLUS effects
-no policy models: Zernike astigmatism / coma / spherical, zero-order leakage, SLM fringing, a PRNU
-map, vignetting, a display gamma error (an uncorrected γ ≈ 2.2 at ``harsh``), 8-bit display
-quantization and a slow drift of the mask and camera shifts with the capture index.  The bench shows the *learned* mask (the phase of
-the encoder it is given) on its SLM through its own imperfect optics (same OpticsConfig geometry).
+The bench is a parameter generator (:class:`~harness.optics.params.ParameterGenerator`): its
+``step(capture_index)`` returns the :class:`Imperfections` of those captures.  A bench seed fixes
+ONE draw of every physics family the augmentation policies sample (camera defocus, SLM / camera
+misalignment, LUT error, fixed-pattern SLM phase noise, sensor: the fields of
+``POLICY_FIELDS``) PLUS effects no policy models, the fields of :data:`UNMODELLED_FIELDS`:
+Zernike astigmatism / coma / spherical, zero-order leakage, SLM fringing, a display gamma error
+(an uncorrected γ ≈ 2.2 at ``harsh``), a residual dark offset, a gain error, a PRNU map and
+vignetting.  :meth:`EmulatedBench.split` returns the two parameter sets.  Two more unmodelled
+effects are not parameter fields: 8-bit display quantization of the inputs and a slow drift of
+the mask and camera shifts with the capture index.  The bench shows the *learned* mask (the
+phase of the encoder it is given) on its SLM through its own imperfect optics (same
+OpticsConfig geometry).
 
 Draws.  Every magnitude is ``level × U(0.6, 1)`` with a random sign (scalars) or a random direction
 (2-vectors: shifts, astigmatism, coma); ``level`` comes from the preset (sensor levels are spread
@@ -18,10 +24,11 @@ shown) as a sum of three slow sinusoids per axis, zero at i = 0 (the lab aligned
 ``d(i) = Σ_j a_j [sin(2π i / T_j + φ_j) − sin φ_j]`` with rms amplitude ``drift_px`` and periods
 T_j in [T/2, 2T], T = ``drift_period`` captures.
 
-Noise.  Frames are deterministic given (bench seed, capture index): the optics are batched, and each
-frame's shot and read noise come from a ``torch.Generator`` seeded with splitmix64(seed, index),
-so a frame does not depend on the batch it was captured in.  The sensor is the Camera model of
-``harness.sensor`` with the noise drawn per frame: e = Poisson(V·y·P) + dark + N(0, read²),
+Noise.  Frames are deterministic given (bench seed, capture index): the optics are batched, and
+each frame's shot and read noise come from a ``torch.Generator`` seeded with
+splitmix64(seed, index), so a frame does not depend on the batch it was captured in.  The sensor
+is the :class:`~harness.optics.sensor.Camera` with the per-frame noise model
+(:class:`~harness.optics.sensor.PerFramePoissonNoise`): e = Poisson(V·y·P) + dark + N(0, read²),
 frame = quantize(clip(G · e / P)), y clipped at full scale (full-well saturation) first.
 
 Training code never reads a bench's parameters; they are written to ``bench.json`` next to the
@@ -37,13 +44,26 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from harness.errors import SimgapError
-from harness.optics import ZERNIKE_NAMES, FourF, Imperfections, OpticsConfig
-from harness.sensor import Camera, vignetting_map
+from harness.optics.fourf import FourF
+from harness.optics.params import (
+    POLICY_FIELDS,
+    ZERNIKE_NAMES,
+    Imperfections,
+    OpticsConfig,
+    ParameterGenerator,
+)
+from harness.optics.sensor import Camera, PerFramePoissonNoise
 
 MASK_INITS = ("random", "zeros", "edge")
 BENCH_VERSION = 1  # bump when a seed would draw another bench
 DISPLAY_BITS = 8  # the input display (and the exported input PNGs) are 8-bit
 _M64 = (1 << 64) - 1
+#: The bench's parameter fields that no augmentation policy draws (the policies draw
+#: POLICY_FIELDS); the bench sets every field of Imperfections but phase_levels (its LUT levels
+#: are the config's lut_bits).
+UNMODELLED_FIELDS = (
+    "fringing", "zero_order", "zernike", "gamma", "dark_offset", "gain", "prnu", "vignetting",
+)
 
 
 class BenchPreset(BaseModel):
@@ -117,7 +137,7 @@ def frame_seed(bench_seed: int, capture_index: int) -> int:
     return _splitmix64(_splitmix64(int(bench_seed) & _M64) ^ (int(capture_index) & _M64))
 
 
-class EmulatedBench:
+class EmulatedBench(ParameterGenerator):
     """One emulated bench: the fixed draw of imperfections of ``seed`` at ``preset`` strength."""
 
     def __init__(self, config: OpticsConfig, seed: int, preset: str = "typical"):
@@ -197,9 +217,13 @@ class EmulatedBench:
         d = amp * (torch.sin(2 * math.pi * t / period + phase) - torch.sin(phase))
         return d.sum(-1).float()
 
-    # ------------------------------------------------------------------ imperfections
-    def imperfections(self, capture_index: torch.Tensor) -> Imperfections:
-        """Per-sample Imperfections for these capture indices (fixed parts have batch 1)."""
+    # ------------------------------------------------------------------ parameters
+    def step(self, capture_index, generator: torch.Generator | None = None, **context):
+        """Per-sample Imperfections for these capture indices (fixed parts have batch 1).
+
+        The draws are fixed by the bench seed (``generator`` is not used); the capture indices
+        set the drift.
+        """
         index = torch.as_tensor(capture_index).reshape(-1)
         f = self.fixed
 
@@ -229,6 +253,11 @@ class EmulatedBench:
         )
         return imp.to(index.device)
 
+    def split(self, capture_index) -> tuple[Imperfections, Imperfections]:
+        """(the fields the policy families draw too, the effects no policy models) at these
+        captures: the two parameter sets whose merge is :meth:`step`."""
+        return self.step(capture_index).split(POLICY_FIELDS)
+
     # ------------------------------------------------------------------ capture
     def optics(self, encoder_or_mask: FourF | torch.Tensor) -> FourF:
         """The bench's own 4F system showing the encoder's mask (phase (k, N, N) radians)."""
@@ -256,7 +285,7 @@ class EmulatedBench:
         index = torch.as_tensor(capture_index, dtype=torch.long).reshape(-1)
         if index.numel() != images.shape[0]:
             raise ValueError(f"capture_index: {index.numel()} indices for {images.shape[0]} images")
-        imp = self.imperfections(index).to(images.device)
+        imp = self.step(index).to(images.device)
         levels = 2**DISPLAY_BITS - 1
         shown = torch.round(images.clamp(0, 1) * levels) / levels
         return self.sense(optics.intensity(shown, imp), imp, index)
@@ -264,25 +293,10 @@ class EmulatedBench:
     def sense(
         self, intensity: torch.Tensor, imp: Imperfections, index: torch.Tensor
     ) -> torch.Tensor:
-        """Camera, noise drawn per frame: e = Poisson(V y P) + dark + N(0, read²); q(G e / P)."""
-        y = Camera(self.config.camera)(intensity)  # exposure, binning, full-well clip
-        y = y * vignetting_map(imp.vignetting, y.shape[-2], y.shape[-1]) * imp.prnu
-        photons = imp.photons.reshape(-1, 1, 1, 1)
-        expected = y * photons
-        counts = torch.empty_like(expected)
-        normal = torch.empty_like(expected)
-        gen = torch.Generator(device=expected.device)
-        for row, i in enumerate(index.tolist()):  # noise only; optics stay batched
-            gen.manual_seed(frame_seed(self.seed, i))
-            counts[row] = torch.poisson(expected[row], generator=gen)
-            normal[row].normal_(generator=gen)
-        electrons = (
-            counts
-            + imp.dark_offset.reshape(-1, 1, 1, 1)
-            + normal * imp.read_noise.reshape(-1, 1, 1, 1)
-        )
-        adc = Imperfections(gain=imp.gain, bit_depth=imp.bit_depth)
-        return Camera()(electrons / photons, adc)
+        """The camera with noise drawn per frame, each frame's generator seeded by its capture:
+        e = Poisson(V y P) + dark + N(0, read²); q(G e / P)."""
+        seeds = [frame_seed(self.seed, i) for i in index.tolist()]
+        return Camera(self.config.camera, PerFramePoissonNoise(seeds))(intensity, imp)
 
     # ------------------------------------------------------------------ record
     def parameters(self) -> dict:

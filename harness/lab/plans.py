@@ -1,4 +1,9 @@
-"""Which inputs a lab shows, in which order, and capturing them through a bench into a capture set."""
+"""What a lab shows: the capture order of the inputs, the mask to show, the exported inputs, and
+capturing them through an emulated bench into a capture set.
+
+Which inputs are captured is not decided here: every caller takes the real ``pool`` / ``val`` /
+``test`` parts of :func:`harness.data.splits.split_source`, the one split rule.
+"""
 
 from __future__ import annotations
 
@@ -7,62 +12,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
+from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from harness.data import split_indices
 from harness.errors import SimgapError
-from harness.lab.bench import EmulatedBench, _splitmix64
-from harness.lab.captures import write_capture_set
-from harness.optics import FourF
-
-SIM_SPLIT = {"train": 0.7, "val": 0.1, "test": 0.2}  # sources without an official test part
-OFFICIAL_VAL = 0.1  # share of an official train part kept for sim val
-CAPTURE_SIZES = {"pool": 2000, "val": 500, "test": 1000}
-_CAPTURE_FROM = {"pool": "train", "val": "val", "test": "test"}
-
-
-def source_splits(image_set, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Simulation splits ``train`` / ``val`` / ``test`` of a source, as input ids.
-
-    A source with an official train/test partition (``meta["train"]`` rows first, then
-    ``meta["test"]``; Fashion-MNIST) keeps its test rows as test and splits its train rows
-    stratified into train / val (1 − OFFICIAL_VAL, OFFICIAL_VAL); any other source is split
-    stratified into SIM_SPLIT.  Deterministic given ``seed`` (harness.data.split_indices).
-    """
-    n_train = image_set.meta.get("train")
-    if n_train is None:
-        return split_indices(image_set.labels, SIM_SPLIT, seed)
-    rows = torch.arange(int(n_train))
-    part = split_indices(
-        image_set.labels[rows], {"train": 1 - OFFICIAL_VAL, "val": OFFICIAL_VAL}, seed
-    )
-    test = torch.arange(int(n_train), len(image_set))
-    return {"train": rows[part["train"]], "val": rows[part["val"]], "test": test}
-
-
-def capture_inputs(image_set, sizes: dict[str, int], seed: int = 0) -> dict[str, torch.Tensor]:
-    """Input ids to capture: ``pool`` ⊂ sim train, ``val`` ⊂ sim val, ``test`` ⊂ sim test.
-
-    Each is a class-stratified draw of ``sizes[split]`` inputs from its sim split
-    (:func:`source_splits` with the same ``seed``), so a model trained in simulation on the sim
-    train split never saw the real val / test inputs.
-    """
-    sim = source_splits(image_set, seed)
-    out = {}
-    for split, count in sizes.items():
-        if split not in _CAPTURE_FROM:
-            raise SimgapError(f"sizes: '{split}' is not one of {', '.join(_CAPTURE_FROM)}")
-        ids = sim[_CAPTURE_FROM[split]]
-        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
-            raise SimgapError(f"--{split}: must be a non-negative integer, got {count!r}")
-        if count > len(ids):
-            raise SimgapError(
-                f"--{split}: {count} inputs asked but the {_CAPTURE_FROM[split]} split of "
-                f"{image_set.source} holds {len(ids)}"
-            )
-        pick = split_indices(image_set.labels[ids], {split: int(count)}, seed)[split]
-        out[split] = ids[pick]
-    return out
+from harness.lab.bench import DISPLAY_BITS, MASK_INITS, EmulatedBench, _splitmix64
+from harness.lab.captures import SPLITS, write_capture_set
+from harness.optics import FourF, OpticsConfig
+from harness.optics.masks import initial_phase, load_mask, optics_config_from_meta
 
 
 def capture_plan(image_set, splits: dict[str, torch.Tensor], seed: int = 0) -> pd.DataFrame:
@@ -73,8 +31,8 @@ def capture_plan(image_set, splits: dict[str, torch.Tensor], seed: int = 0) -> p
     """
     parts = [(s, torch.as_tensor(ids, dtype=torch.long).reshape(-1)) for s, ids in splits.items()]
     for s, _ in parts:
-        if s not in _CAPTURE_FROM:
-            raise SimgapError(f"splits: '{s}' is not one of {', '.join(_CAPTURE_FROM)}")
+        if s not in SPLITS:
+            raise SimgapError(f"splits: '{s}' is not one of {', '.join(SPLITS)}")
     ids = torch.cat([ids for _, ids in parts]) if parts else torch.empty(0, dtype=torch.long)
     names = np.concatenate([[s] * len(i) for s, i in parts]) if parts else np.array([], str)
     if len(ids) and (ids.min() < 0 or ids.max() >= len(image_set)):
@@ -118,6 +76,32 @@ def capture_dataset(
         )
     plan = capture_plan(image_set, splits, order_seed)
     optics = bench.optics(encoder_or_mask)
+    frames = _capture_frames(bench, optics, image_set, plan, batch_size, progress)
+    k = optics.channels
+    index = torch.tensor(plan["capture_index"].to_numpy())
+    capture_ids = index[:, None] * k + torch.arange(k)[None, :]
+    return write_capture_set(
+        out_dir,
+        frames,
+        plan["input_id"].to_numpy(),
+        plan["split"].tolist(),
+        plan["label"].to_numpy(),
+        image_set.classes,
+        _bench_info(bench, image_set, plan, order_seed, info),
+        optics.phase.detach(),
+        fmt=fmt,
+        bit_depth=int(bench.fixed["bit_depth"]),
+        progress=progress,
+        overwrite=overwrite,
+        capture_ids=capture_ids.numpy(),
+    )
+
+
+def _capture_frames(
+    bench: EmulatedBench, optics: FourF, image_set, plan: pd.DataFrame, batch_size: int,
+    progress: bool,
+) -> torch.Tensor:  # fmt: skip
+    """Frames (len(plan), k, H, H) of the plan's inputs at their capture indices."""
     k, H = optics.channels, bench.frame_size
     frames = torch.empty(len(plan), k, H, H)
     ids = torch.tensor(plan["input_id"].to_numpy())
@@ -131,7 +115,13 @@ def capture_dataset(
             images = image_set.images[ids[chunk]].to(device)
             frames[chunk] = bench._capture(optics, images, index[chunk]).cpu()
             bar.update(len(chunk))
-    bench_info = {
+    return frames
+
+
+def _bench_info(bench: EmulatedBench, image_set, plan: pd.DataFrame, order_seed: int,
+                info: dict | None) -> dict:  # fmt: skip
+    """bench.json of an emulated capture: the bench drawn, the source and the capture order."""
+    return {
         "bench": bench.parameters(),
         "seed": bench.seed,
         "preset": bench.preset,
@@ -140,25 +130,56 @@ def capture_dataset(
         "size": image_set.size,
         "classes": list(image_set.classes),
         "inputs": {
-            "per_split": {s: int((plan["split"] == s).sum()) for s in _CAPTURE_FROM},
+            "per_split": {s: int((plan["split"] == s).sum()) for s in SPLITS},
             "order_seed": int(order_seed),
             "capture_index": "position in the capture order (bench drift clock)",
         },
         **(info or {}),
     }
-    capture_ids = index[:, None] * k + torch.arange(k)[None, :]
-    return write_capture_set(
-        out_dir,
-        frames,
-        plan["input_id"].to_numpy(),
-        plan["split"].tolist(),
-        plan["label"].to_numpy(),
-        image_set.classes,
-        bench_info,
-        optics.phase.detach(),
-        fmt=fmt,
-        bit_depth=int(bench.fixed["bit_depth"]),
-        progress=progress,
-        overwrite=overwrite,
-        capture_ids=capture_ids.numpy(),
-    )
+
+
+def resolve_mask(spec: str, channels: int | None = None, size: int | None = None, seed: int = 0):
+    """(phase (k, N, N), OpticsConfig) of ``spec``: random / zeros / edge, or a saved mask.
+
+    A saved mask is an exported folder or a mask.npz; its optics.json (next to the npz) gives
+    the OpticsConfig, else the default optics with n = N / 2.
+    """
+    if channels is not None and channels < 1:
+        raise SimgapError(f"--channels: must be at least 1, got {channels}")
+    if size is not None and size < 4:
+        raise SimgapError(f"--size: must be at least 4, got {size}")
+    if spec in MASK_INITS:
+        cfg = OpticsConfig(n=size or 32)
+        return initial_phase(spec, cfg, channels or 1, seed), cfg
+    phase, meta = load_mask(spec)
+    N = phase.shape[-1]
+    if meta is not None:
+        try:
+            cfg = optics_config_from_meta(meta)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"])
+            raise SimgapError(f"{spec}: optics.json field '{field}': {err['msg']}") from None
+    else:
+        cfg = OpticsConfig(n=max(4, N // 2))
+    if cfg.N != N:
+        raise SimgapError(f"{spec}: mask grid {N}x{N} does not match the optics grid N={cfg.N}")
+    if size is not None and size != cfg.n:
+        raise SimgapError(f"--size: {size} does not match the mask's optics n={cfg.n} ({spec})")
+    if channels is not None and channels != phase.shape[0]:
+        raise SimgapError(f"--channels: {channels} but {spec} holds {phase.shape[0]} mask(s)")
+    return phase, cfg
+
+
+def export_inputs(image_set, plan: pd.DataFrame, out_dir: Path) -> None:
+    """Write ``inputs.csv`` (capture_index, input_id, split, label, image) and the 8-bit PNGs
+    into ``out_dir`` (a folder being built: ``simgap export-mask`` swaps it in whole)."""
+    folder = out_dir / "inputs"
+    folder.mkdir(parents=True, exist_ok=True)
+    levels = 2**DISPLAY_BITS - 1
+    pixels = torch.round(image_set.images[torch.tensor(plan["input_id"].to_numpy())] * levels)
+    pixels = pixels.clamp(0, levels).to(torch.uint8)[:, 0].numpy()
+    images = [f"inputs/{int(i):06d}.png" for i in plan["input_id"]]
+    for rel, arr in zip(images, pixels):
+        Image.fromarray(arr, mode="L").save(out_dir / rel)
+    plan.assign(image=images).to_csv(out_dir / "inputs.csv", index=False)

@@ -1,35 +1,21 @@
-"""Tests of harness.data: image sources, stratified splits, nested fractions, `simgap data`."""
+"""Tests of harness.data.sources / fashion / cli: image sources, the cache, `simgap data`."""
 
 from __future__ import annotations
 
 import argparse
 import gzip
-import itertools
 import json
-import math
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from harness import data as hd
-from harness.data import ImageSet, load_source, nested_fractions, source_info, split_indices
+from harness.data import ImageSet, load_source, source_info
+from harness.data import cli as data_cli
+from harness.data import fashion as hf
+from harness.data import sources as hs
 from harness.errors import SimgapError
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory, monkeypatch):
-    """Each test writes its caches in its own folder and never downloads."""
-    monkeypatch.setenv("SIMGAP_CACHE", str(tmp_path_factory.mktemp("cache")))
-    monkeypatch.setenv("SIMGAP_OFFLINE", "1")
-    monkeypatch.delenv("SIMGAP_DATA", raising=False)
-
-
-def _imbalanced_labels(seed: int = 0) -> torch.Tensor:
-    counts = [50, 120, 7, 300, 1, 33]
-    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
-    return labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))]
 
 
 def _write_idx(path, array: np.ndarray, gz: bool) -> None:
@@ -86,7 +72,7 @@ def test_digits_shape_range_and_labels():
 
 def test_digits_without_the_csv_falls_back_to_sklearn(monkeypatch):
     direct = load_source("digits", size=12)
-    monkeypatch.setattr(hd, "_digits_file", lambda: None)
+    monkeypatch.setattr(hs, "_digits_file", lambda: None)
     via_sklearn = load_source("digits", size=12)
     assert torch.equal(via_sklearn.images, direct.images)
     assert torch.equal(via_sklearn.labels, direct.labels)
@@ -120,7 +106,7 @@ def test_fashion_env_var_and_corrupt_idx(tmp_path, monkeypatch):
 
 
 def test_fashion_missing_says_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(hd, "DEBIAN_FASHION_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(hf, "DEBIAN_FASHION_DIR", tmp_path / "no-debian")
     with pytest.raises(SimgapError) as err:
         load_source("fashion-mnist", data_root=tmp_path / "empty", download=False)
     msg = str(err.value)
@@ -130,7 +116,7 @@ def test_fashion_missing_says_how_to_get_it(tmp_path, monkeypatch):
     assert row["source"] == "fashion-mnist" and not row["available"]
 
 
-REAL_FASHION = hd._find_fashion(hd.DEBIAN_FASHION_DIR)
+REAL_FASHION = hf.find_fashion(hf.DEBIAN_FASHION_DIR)
 
 
 @pytest.mark.skipif(
@@ -146,7 +132,7 @@ def test_real_fashion_mnist_counts():
     assert d.images.shape == (70000, 1, 28, 28) and d.meta == {"train": 60000, "test": 10000}
     assert torch.bincount(d.labels).tolist() == [7000] * 10
     assert 0.0 <= float(d.images.min()) and float(d.images.max()) <= 1.0
-    assert str(hd.DEBIAN_FASHION_DIR) in d.origin
+    assert str(hf.DEBIAN_FASHION_DIR) in d.origin
     small = load_source("fashion-mnist", size=28, limit=500)
     assert small.images.shape == (500, 1, 28, 28)
     assert torch.bincount(small.labels).tolist() == [50] * 10
@@ -204,126 +190,12 @@ def test_limit_is_stratified_deterministic_and_traceable():
     assert torch.equal(a.labels, full.labels[a.source_index])
 
 
-# ------------------------------------------------------------------------------------- splits
-
-
-@pytest.mark.parametrize("seed", [0, 1, 7])
-def test_splits_disjoint_stratified_and_sized(seed):
-    labels = _imbalanced_labels()
-    sizes = {"train": 0.6, "val": 0.2, "test": 0.2}
-    parts = split_indices(labels, sizes, seed=seed)
-    assert list(parts) == ["train", "val", "test"]
-    together = torch.cat(list(parts.values()))
-    assert len(together) == len(labels) == len(torch.unique(together))  # partition
-    class_n = torch.bincount(labels).double()
-    for name, frac in sizes.items():
-        idx = parts[name]
-        assert idx.dtype == torch.int64
-        assert len(idx) == round(frac * len(labels))
-        got = torch.bincount(labels[idx], minlength=len(class_n)).double()
-        assert torch.all((got - frac * class_n).abs() <= 1.0), (name, got, frac * class_n)
-
-
-def test_split_counts_and_mixed_sizes():
-    labels = _imbalanced_labels()
-    parts = split_indices(labels, {"pool": 200, "val": 0.1, "test": 50}, seed=3)
-    assert [len(v) for v in parts.values()] == [200, round(0.1 * len(labels)), 50]
-    together = torch.cat(list(parts.values()))
-    assert len(torch.unique(together)) == len(together)
-    assert int(together.min()) >= 0 and int(together.max()) < len(labels)
-
-
-def test_split_reproducible_and_seed_dependent():
-    labels = _imbalanced_labels()
-    sizes = {"train": 0.5, "test": 0.25}
-    a = split_indices(labels, sizes, seed=11)
-    b = split_indices(labels.clone(), dict(sizes), seed=11)
-    c = split_indices(labels, sizes, seed=12)
-    assert all(torch.equal(a[k], b[k]) for k in sizes)
-    assert not torch.equal(a["train"], c["train"])
-
-
-def test_split_balanced_classes_exact():
-    labels = torch.arange(1000) % 10
-    parts = split_indices(labels, {"a": 0.7, "b": 0.3}, seed=0)
-    assert torch.bincount(labels[parts["a"]]).tolist() == [70] * 10
-    assert torch.bincount(labels[parts["b"]]).tolist() == [30] * 10
-
-
-def test_split_errors():
-    labels = _imbalanced_labels()
-    with pytest.raises(SimgapError, match="sizes"):
-        split_indices(labels, {"a": 0.7, "b": 0.7}, seed=0)
-    with pytest.raises(SimgapError, match="sizes.a"):
-        split_indices(labels, {"a": 1.5}, seed=0)
-    with pytest.raises(SimgapError, match="sizes.a"):
-        split_indices(labels, {"a": len(labels) + 1}, seed=0)
-    with pytest.raises(SimgapError, match="sizes.a"):
-        split_indices(labels, {"a": True}, seed=0)
-
-
-# ---------------------------------------------------------------------------- nested fractions
-
-
-FRACTION_LISTS = [[0.01, 0.05, 1.0], [0.0, 0.1, 0.5, 0.9, 1.0], [0.05, 0.01, 0.25], [0.02, 0.2]]
-
-
-@pytest.mark.parametrize("fractions", FRACTION_LISTS)
-@pytest.mark.parametrize("seed", [0, 1, 2, 3, 42])
-def test_nested_fractions_property(fractions, seed):
-    labels = _imbalanced_labels()
-    pool = split_indices(labels, {"pool": 0.7}, seed=5)["pool"]
-    pool_labels = labels[pool]
-    subsets = nested_fractions(pool, pool_labels, fractions, seed=seed)
-    assert set(subsets) == set(fractions)
-    pool_set = set(pool.tolist())
-    class_n = torch.bincount(pool_labels)
-    ordered = sorted(fractions)
-    for f in ordered:
-        ids = subsets[f]
-        assert ids.dtype == torch.int64 and len(torch.unique(ids)) == len(ids)
-        assert set(ids.tolist()) <= pool_set
-        per_class = torch.bincount(labels[ids], minlength=len(class_n))
-        if f == 0:
-            assert len(ids) == 0
-            continue
-        expected = [
-            n if f >= 1 else max(1, math.floor(f * n + 0.5)) if n else 0 for n in class_n.tolist()
-        ]
-        assert per_class.tolist() == expected
-    for small, large in itertools.pairwise(ordered):
-        assert set(subsets[small].tolist()) <= set(subsets[large].tolist()), (small, large)
-    if 1.0 in subsets:
-        assert torch.equal(subsets[1.0], torch.sort(pool).values)
-
-
-def test_nested_fractions_consistent_across_lists_and_reproducible():
-    labels = _imbalanced_labels()
-    pool = torch.arange(len(labels))
-    a = nested_fractions(pool, labels, [0.01, 0.05, 1.0], seed=9)
-    b = nested_fractions(pool, labels, [0.05, 0.2], seed=9)
-    c = nested_fractions(pool, labels, [0.05], seed=10)
-    assert torch.equal(a[0.05], b[0.05])  # a fraction's subset does not depend on the list
-    assert set(a[0.05].tolist()) <= set(b[0.2].tolist())
-    assert torch.equal(nested_fractions(pool, labels, [0.05], seed=9)[0.05], a[0.05])
-    assert not torch.equal(a[0.05], c[0.05])
-
-
-def test_nested_fractions_errors():
-    labels = _imbalanced_labels()
-    pool = torch.arange(len(labels))
-    with pytest.raises(SimgapError, match="0.05 = 5 %"):
-        nested_fractions(pool, labels, [5], seed=0)
-    with pytest.raises(SimgapError, match="labels"):
-        nested_fractions(pool[:10], labels, [0.5], seed=0)
-
-
 # ---------------------------------------------------------------------------------------- CLI
 
 
 def _run_cli(argv, capsys) -> str:
     parser = argparse.ArgumentParser(prog="simgap")
-    hd.add_cli(parser.add_subparsers(dest="command"))
+    data_cli.add_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     assert args.func(args) == 0
     return capsys.readouterr().out

@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from harness.optics import Imperfections
-from harness.sensor import Camera, CameraConfig
+from harness.optics.sensor import (
+    GAUSSIAN_SHOT_NOISE_ABOVE,
+    Camera,
+    CameraConfig,
+    PerFramePoissonNoise,
+    clip,
+    electron_noise,
+)
 
 
 def flat_fields(levels, size=64):
@@ -28,8 +35,6 @@ def test_noise_mean_and_variance_follow_a_y_plus_b(photons, read):
 
 @pytest.mark.parametrize("read", [0.0, 3.0])
 def test_electron_noise_is_exact_poisson_at_low_counts_and_its_gaussian_limit_above(read):
-    from harness.sensor import GAUSSIAN_SHOT_NOISE_ABOVE, electron_noise
-
     lam = torch.tensor([0.5, 4.0, GAUSSIAN_SHOT_NOISE_ABOVE / 2, GAUSSIAN_SHOT_NOISE_ABOVE * 5,
                         1e4]).repeat_interleave(40000).reshape(5, 1, 200, 200)
     r = torch.full((5, 1, 1, 1), read) if read else None
@@ -99,3 +104,50 @@ def test_noise_is_reproducible_from_generator():
 def test_read_noise_without_photons_is_an_error():
     with pytest.raises(ValueError, match="need photons"):
         Camera()(torch.zeros(1, 1, 4, 4), Imperfections(read_noise=torch.tensor([1.0])))
+
+
+# ------------------------------------------------------------------ the bench's noise model
+def test_per_frame_noise_depends_on_the_frame_seed_only():
+    y = torch.rand(3, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    imp = Imperfections(photons=torch.tensor([50.0]), read_noise=torch.tensor([2.0]),
+                        dark_offset=torch.tensor([1.0]), bit_depth=torch.tensor([12.0]),
+                        vignetting=torch.tensor([0.1]), prnu=1 + 0.01 * torch.randn(1, 1, 8, 8))
+    seeds = [11, 12, 13]
+    frames = Camera(noise=PerFramePoissonNoise(seeds))(y, imp, torch.Generator().manual_seed(5))
+    for row in range(3):  # alone, in another batch, and whatever generator the batch passes
+        alone = Camera(noise=PerFramePoissonNoise([seeds[row]]))(y[row : row + 1], imp)
+        assert torch.equal(alone[0], frames[row])
+    other = Camera(noise=PerFramePoissonNoise([11, 12, 14]))(y, imp)
+    assert torch.equal(other[:2], frames[:2]) and not torch.equal(other[2], frames[2])
+
+
+def test_per_frame_noise_is_exact_poisson_and_saturates_at_full_well():
+    y = torch.full((4, 1, 64, 64), 0.2)
+    y[..., :8, :] = 3.0  # above full scale: the full well clips it to 1 before the noise
+    photons = 20.0  # λ = 4 e⁻: far below the training model's Gaussian threshold
+    imp = Imperfections(photons=torch.tensor([photons]))
+    out = Camera(noise=PerFramePoissonNoise(range(4)))(y, imp)
+    counts = out[..., 8:, :] * photons
+    assert torch.equal(counts, counts.round()) and (counts >= 0).all()  # integer electrons
+    assert counts.mean().item() == pytest.approx(4.0, rel=0.02)
+    assert counts.var().item() == pytest.approx(4.0, rel=0.05)
+    saturated = out[..., :8, :]  # Poisson(20) / 20, not Poisson(60) / 20 (always clipped to 1)
+    assert (saturated < 1).float().mean().item() > 0.3
+    with pytest.raises(ValueError, match="frame seeds"):
+        Camera(noise=PerFramePoissonNoise([1]))(y, imp)
+    with pytest.raises(ValueError, match="needs photons"):
+        Camera(noise=PerFramePoissonNoise(range(4)))(y, Imperfections(gain=torch.tensor([1.0])))
+
+
+@pytest.mark.parametrize("lo", [None, 0.0])
+def test_clip_has_the_gradient_of_torch_clamp(lo):
+    y = torch.tensor([-0.5, 0.0, 0.3, 1.0, 1.7] * 4).reshape(2, 2, 5)  # values at the bounds
+    weights = torch.rand(2, 2, 5, generator=torch.Generator().manual_seed(0))
+    for grad_out in (weights, torch.ones(()).expand(2, 2, 5)):  # also the expanded grad of a sum
+        reference = y.clone().requires_grad_(True)
+        reference.clamp(lo, 1.0).backward(grad_out)
+        x = y.clone().requires_grad_(True)
+        out = clip(x, lo, 1.0)
+        torch.testing.assert_close(out, y.clamp(lo, 1.0), atol=0, rtol=0)
+        out.backward(grad_out)
+        torch.testing.assert_close(x.grad, reference.grad, atol=0, rtol=0)

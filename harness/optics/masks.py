@@ -1,8 +1,9 @@
 """Phase masks: initialisation, export for a phase SLM, and import.
 
 Exported folder (what a lab loads onto its SLM):
-    mask_c{i}.png   8-bit (or 16-bit for lut_bits > 8) gray levels g = round(wrap(φ) / 2π · 2^bits) mod 2^bits,
-                    N x N, centred layout (optical axis at pixel N/2)
+    mask_c{i}.png   8-bit (or 16-bit for lut_bits > 8) gray levels
+                    g = round(wrap(φ) / 2π · 2^bits) mod 2^bits, N x N, centred layout (optical
+                    axis at pixel N/2)
     mask.npz        ``phase``: float32 (k, N, N) radians
     optics.json     the optical parameters (OpticsConfig + derived N, dx, NA)
 """
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,9 @@ import torch
 from PIL import Image
 
 from harness.errors import SimgapError
-
-TWO_PI = 2.0 * math.pi
+from harness.files import atomic_write, staged_dir, write_text
+from harness.optics.functional import TWO_PI
+from harness.optics.params import OpticsConfig
 
 # Signed 3x3 edge kernels used as target amplitude PSFs for the "edge" initialisation.
 EDGE_KERNELS = (
@@ -57,7 +57,9 @@ def initial_phase(init, config, channels: int, seed: int = 0) -> torch.Tensor:
     raise SimgapError(f"mask init: '{init}' is not zeros, random, edge or an existing mask path")
 
 
-def gerchberg_saxton_edges(config, channels: int, seed: int = 0, iterations: int = 60) -> torch.Tensor:
+def gerchberg_saxton_edges(
+    config, channels: int, seed: int = 0, iterations: int = 60
+) -> torch.Tensor:
     """Phase-only masks whose amplitude PSF approximates signed edge kernels.
 
     Alternates between the pupil (constraint: amplitude = aperture A) and the PSF plane
@@ -67,7 +69,10 @@ def gerchberg_saxton_edges(config, channels: int, seed: int = 0, iterations: int
     N = config.N
     j = torch.arange(N) - N // 2
     r = torch.sqrt(j[:, None] ** 2 + j[None, :] ** 2) / (N / 2)
-    aperture = (r <= config.aperture_fraction).float() if config.aperture == "circle" else torch.ones(N, N)
+    if config.aperture == "circle":
+        aperture = (r <= config.aperture_fraction).float()
+    else:
+        aperture = torch.ones(N, N)
     aperture = torch.fft.ifftshift(aperture)
     gen = torch.Generator().manual_seed(seed)
     phases = []
@@ -95,29 +100,44 @@ def gray_levels(phase: torch.Tensor, bits: int) -> np.ndarray:
 
 
 def export_mask(phase: torch.Tensor, config, out_dir: str | Path) -> Path:
-    """Write bitmaps + npz + optics.json into ``out_dir`` atomically; returns the folder."""
+    """Write bitmaps + npz + optics.json into ``out_dir``; returns the folder.
+
+    A new folder appears whole (built under a temporary name).  An existing one may hold other
+    files (``simgap export-mask`` writes the inputs next to the mask): only its mask files are
+    replaced, each atomically, and bitmaps of channels the new mask lacks are removed.
+    """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    bits = config.lut_bits or 8
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    gray = gray_levels(phase, bits)
-    for c, g in enumerate(gray):
-        if bits <= 8:
-            Image.fromarray(g.astype(np.uint8), mode="L").save(tmp / f"mask_c{c}.png")
-        else:
-            Image.fromarray(g.astype(np.uint16)).save(tmp / f"mask_c{c}.png")
-    np.savez(tmp / "mask.npz", phase=phase.detach().cpu().float().numpy())
-    (tmp / "optics.json").write_text(json.dumps(config.describe(), indent=2))
-    if out_dir.exists():
-        for p in out_dir.iterdir():
-            if p.name in {"mask.npz", "optics.json"} or p.name.startswith("mask_c"):
-                p.unlink()
-        for p in tmp.iterdir():
-            os.replace(p, out_dir / p.name)
-        tmp.rmdir()
-    else:
-        os.replace(tmp, out_dir)
+    if not out_dir.exists():
+        with staged_dir(out_dir) as tmp:
+            _write_mask_files(phase, config, tmp)
+        return out_dir
+    written = _write_mask_files(phase, config, out_dir)
+    for p in out_dir.glob("mask_c*"):
+        if p.name not in written:
+            p.unlink()
     return out_dir
+
+
+def _write_mask_files(phase: torch.Tensor, config, folder: Path) -> set[str]:
+    """The bitmaps, mask.npz and optics.json of ``phase`` in ``folder``; their names."""
+    bits = config.lut_bits or 8
+    names = set()
+    for c, g in enumerate(gray_levels(phase, bits)):
+        if bits <= 8:
+            image = Image.fromarray(g.astype(np.uint8), mode="L")
+        else:
+            image = Image.fromarray(g.astype(np.uint16))
+        atomic_write(folder / f"mask_c{c}.png", lambda tmp, im=image: im.save(tmp, format="PNG"))
+        names.add(f"mask_c{c}.png")
+    array = phase.detach().cpu().float().numpy()
+    atomic_write(folder / "mask.npz", lambda tmp: _save_npz(tmp, array))
+    write_text(folder / "optics.json", json.dumps(config.describe(), indent=2))
+    return names | {"mask.npz", "optics.json"}
+
+
+def _save_npz(path: Path, phase: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append .npz to a path
+        np.savez(f, phase=phase)
 
 
 def load_mask(path: str | Path) -> tuple[torch.Tensor, dict | None]:
@@ -132,7 +152,9 @@ def load_mask(path: str | Path) -> tuple[torch.Tensor, dict | None]:
     except (KeyError, ValueError, OSError) as exc:
         raise SimgapError(f"{npz}: not a mask file with a 'phase' array ({exc})") from None
     if phase.dim() != 3 or phase.shape[-1] != phase.shape[-2] or not torch.isfinite(phase).all():
-        raise SimgapError(f"{npz}: 'phase' must be a finite (k, N, N) array, got {tuple(phase.shape)}")
+        raise SimgapError(
+            f"{npz}: 'phase' must be a finite (k, N, N) array, got {tuple(phase.shape)}"
+        )
     meta_path = npz.parent / "optics.json"
     meta = None
     if meta_path.exists():
@@ -143,9 +165,7 @@ def load_mask(path: str | Path) -> tuple[torch.Tensor, dict | None]:
     return phase, meta
 
 
-def optics_config_from_meta(meta: dict):
+def optics_config_from_meta(meta: dict) -> OpticsConfig:
     """OpticsConfig from an optics.json dict (derived keys are dropped)."""
-    from harness.optics import OpticsConfig
-
     keys = set(OpticsConfig.model_fields)
     return OpticsConfig(**{k: v for k, v in meta.items() if k in keys})

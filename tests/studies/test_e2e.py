@@ -18,10 +18,13 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
+from harness.datasets import RealSplits
 from studies import cells as study_cells
-from studies import grid
+from studies import grid, queue, storage, tune
 from studies.config import parse_config
-from tests.test_studies import TINY
+from studies.report import build_report
+from studies.tune import run_tuning
+from tests.studies.tiny import TINY
 
 pytestmark = pytest.mark.slow
 METRICS = ["real_test_acc", "real_val_acc", "n_real_train", "sim_real_test_acc", "gap"]
@@ -55,9 +58,9 @@ def _run(args, env, timeout=300):
 
 def _trials(study_dir):
     """The study's trials ([] until ``study run`` has written the study folder)."""
-    if not (study_dir / grid.STUDY_JSON).exists():
+    if not (study_dir / storage.STUDY_JSON).exists():
         return []
-    return grid.open_study(study_dir).study.get_trials()
+    return storage.open_study(study_dir).study.get_trials()
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,7 @@ def reference(tmp_path_factory, config_path, env):
 
 
 def test_two_workers_run_each_cell_once(reference):
-    handle = grid.open_study(reference)
+    handle = storage.open_study(reference)
     trials = handle.study.get_trials()
     assert {t.state for t in trials} == {TrialState.COMPLETE}
     done = Counter(t.user_attrs["cell"] for t in trials)
@@ -153,9 +156,9 @@ def test_killed_coordinator_stops_its_workers(tmp_path, config_path, env):
         proc.wait(timeout=60)
     assert workers, "the study finished or stalled before it could be killed"
     deadline = time.time() + 60
-    while time.time() < deadline and any(grid._process_start(p) for p in workers):
+    while time.time() < deadline and any(queue.process_start(p) for p in workers):
         time.sleep(0.2)
-    assert not any(grid._process_start(p) for p in workers)
+    assert not any(queue.process_start(p) for p in workers)
     trials = _trials(out)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     failed = [t for t in trials if t.state == TrialState.FAIL]
@@ -178,11 +181,9 @@ def test_report_is_built_from_the_stores(resumed, env):
             assert (out / "report" / "tables" / f"{name}.{suffix}").is_file()
 
     # tamper with one stored metric: the report follows the store, not the Optuna value
-    handle = grid.open_study(out)
+    handle = storage.open_study(out)
     row = rebuilt[rebuilt["cell"] == "physics/finetune-head/10%/s1/b0"].iloc[0]
     handle.tracking().client.log_metric(row["run_id"], "real_test_acc", 0.0123)
-    from studies.report import build_report
-
     text = build_report(out).read_text()
     tampered = pd.read_csv(out / "report" / "cells.csv").set_index("cell")
     assert tampered.loc[row["cell"], "real_test_acc"] == pytest.approx(0.0123)
@@ -204,20 +205,15 @@ def test_tuning_never_reads_real_test(tmp_path, monkeypatch, env):
                            clean.images.source, clean.images.origin), clean.splits)
     monkeypatch.setattr(study_cells, "study_data", lambda _config: poisoned)
     seen = []
-    import harness.lab.plans
-    import harness.lab.captures
-    from harness.train import RealSplits
-
-    real_capture, real_read = harness.lab.plans.capture_dataset, harness.lab.captures.read_capture_set
-    monkeypatch.setattr(harness.lab.plans, "capture_dataset",
-                        lambda *a, **k: seen.append(set(a[3])) or real_capture(*a, **k))
-    monkeypatch.setattr(harness.lab.captures, "read_capture_set",
-                        lambda root, splits=None: seen.append(set(splits or ["all"]))
-                        or real_read(root, splits))
+    real_capture, real_read = tune.capture_dataset, tune.read_capture_set
+    for module in (tune, study_cells):  # where the study code looks the functions up
+        monkeypatch.setattr(module, "capture_dataset",
+                            lambda *a, **k: seen.append(set(a[3])) or real_capture(*a, **k))
+        monkeypatch.setattr(module, "read_capture_set",
+                            lambda root, splits=None: seen.append(set(splits or ["all"]))
+                            or real_read(root, splits))
     monkeypatch.setattr(RealSplits, "for_final_evaluation",
                         lambda self: pytest.fail("tuning asked for real test"))
-    from studies.tune import run_tuning
-
     result = run_tuning(config, tmp_path / "tune", trials=3, storage=None)
     assert seen and all(s == {"val"} for s in seen)
     assert 0.0 < result["value"] <= 1.0 and torch.isfinite(torch.tensor(result["value"]))

@@ -12,11 +12,12 @@ from PIL import Image
 from torch import nn
 
 from harness import cli
-from harness.lab.bench import PRESETS, EmulatedBench
-from harness.lab.plans import capture_inputs, capture_plan, source_splits
-from harness.lab.captures import read_capture_set
-from harness.data import load_source
+from harness.data import load_source, split_indices, split_source
+from harness.lab.bench import PRESETS, UNMODELLED_FIELDS, EmulatedBench
+from harness.lab.plans import capture_plan
+from harness.lab.validate import read_capture_set
 from harness.optics import FourF, OpticsConfig
+from harness.optics.params import POLICY_FIELDS, Imperfections, ParameterGenerator
 
 CFG = OpticsConfig(n=32)
 
@@ -33,7 +34,7 @@ def edge_encoder():
 
 def run_cli(monkeypatch, argv):
     """``simgap ARGV`` with only the modules this feature needs (others may not exist yet)."""
-    modules = ("harness.data", "harness.lab.captures", "harness.lab.cli")
+    modules = ("harness.data.cli", "harness.lab.cli")
     monkeypatch.setattr(cli, "COMMAND_MODULES", modules)
     return cli.main([str(a) for a in argv])
 
@@ -77,7 +78,7 @@ def accuracy(net, frames, labels) -> float:
 def test_bench_is_a_real_gap_that_grows_with_the_preset(digits, edge_encoder):
     """Ideal-sim classifier on bench captures of the same test inputs, mean over three benches
     (one bench is one sample); a classifier trained on bench frames shows the signal is there."""
-    sim = source_splits(digits, seed=0)
+    sim = split_indices(digits.labels, {"train": 0.7, "val": 0.1, "test": 0.2}, seed=0)
     train, test = sim["train"], sim["test"]
     with torch.no_grad():
         sim_train = edge_encoder(digits.images[train])
@@ -156,11 +157,39 @@ def test_every_family_is_drawn_in_physical_units():
     assert 0.6 * p.coma_waves <= math.hypot(z["coma_x"], z["coma_y"]) <= p.coma_waves
     assert 0.6 * p.spherical_waves <= abs(z["spherical"]) <= p.spherical_waves
     assert 0 < f["zero_order"] <= p.zero_order and 0 < f["fringing_px"] <= p.fringing_px
-    imp = bench.imperfections(torch.arange(4))
+    imp = bench.step(torch.arange(4))
     unset = [name for name, value in vars(imp).items() if value is None]
     assert unset == ["phase_levels"]  # every other field is drawn; levels follow lut_bits
     assert imp.prnu.std().item() == pytest.approx(p.prnu, rel=0.2)
     assert imp.phase_noise.std().item() == pytest.approx(p.phase_noise_rad, rel=0.1)
+
+
+def test_what_no_policy_models_is_the_bench_parameters_beyond_the_policy_fields():
+    """The bench is a parameter generator; its parameters split into the fields the policy
+    families draw and the documented unmodelled effects (drift and the 8-bit display act on
+    inputs and on the modelled shifts, not as fields of their own)."""
+    bench = EmulatedBench(CFG, 6, "typical")
+    assert isinstance(bench, ParameterGenerator)
+    index = torch.arange(3)
+    modelled, unmodelled = bench.split(index)
+    documented = {"zernike", "zero_order", "fringing", "prnu", "vignetting", "gamma", "gain",
+                  "dark_offset"}  # fmt: skip
+    assert set(UNMODELLED_FIELDS) == documented
+    assert set(dict(unmodelled.items())) == documented
+    assert set(dict(modelled.items())) == set(POLICY_FIELDS) - {"phase_levels"}
+    z = dict(zip(("defocus", "astig_0", "astig_45", "coma_x", "coma_y", "spherical"),
+                 unmodelled.zernike[0].tolist()))  # fmt: skip
+    assert z["defocus"] == 0.0 and all(z[k] != 0 for k in z if k != "defocus")  # no W020 here
+    whole = bench.step(index)
+    merged = modelled.merge(unmodelled)
+    assert all(torch.equal(v, getattr(whole, k)) for k, v in merged.items())
+    assert isinstance(whole, Imperfections) and set(dict(merged.items())) == set(
+        dict(whole.items()))
+    # the drift shows in the modelled shifts: their change with the capture index
+    moved, _ = bench.split(torch.tensor([0, 3000]))
+    drift = bench.drift(torch.tensor([3000]))[0]
+    torch.testing.assert_close(moved.mask_shift[1] - moved.mask_shift[0], drift[0])
+    torch.testing.assert_close(moved.camera_shift[1] - moved.camera_shift[0], drift[1])
 
 
 def test_drift_is_slow_zero_at_the_first_capture_and_deterministic():
@@ -174,7 +203,7 @@ def test_drift_is_slow_zero_at_the_first_capture_and_deterministic():
     step = (bench.drift(torch.arange(1, 1001)) - bench.drift(torch.arange(0, 1000))).abs().max()
     # slow: three sinusoids of rms drift_px and periods >= T / 2 move at most this per capture
     assert 0 < step <= math.sqrt(6) * p.drift_px * 2 * math.pi / (p.drift_period / 2)
-    imp = bench.imperfections(torch.tensor([0, 4000]))
+    imp = bench.step(torch.tensor([0, 4000]))
     fixed = torch.tensor(bench.fixed["mask_shift_px"])
     torch.testing.assert_close(imp.mask_shift[0], fixed)
     assert not torch.allclose(imp.mask_shift[1], fixed, atol=1e-3)
@@ -218,7 +247,7 @@ def test_sensor_noise_follows_poisson_gaussian_per_frame():
     f = bench.fixed
     n_frames, y = 64, 0.3
     index = torch.arange(n_frames)
-    imp = bench.imperfections(index)
+    imp = bench.step(index)
     imp.vignetting = torch.zeros(1)
     out = bench.sense(torch.full((n_frames, 1, 32, 32), y), imp, index)
     P, G, V = f["photons"], f["gain"], imp.prnu[0, 0]
@@ -231,33 +260,48 @@ def test_sensor_noise_follows_poisson_gaussian_per_frame():
 # ------------------------------------------------------------------------------ input rule
 
 
-def test_capture_inputs_follow_the_sim_splits(digits):
-    sim = source_splits(digits, seed=3)
-    picked = capture_inputs(digits, {"pool": 50, "val": 20, "test": 30}, seed=3)
-    for split, source in (("pool", "train"), ("val", "val"), ("test", "test")):
-        assert set(picked[split].tolist()) <= set(sim[source].tolist())
+SIM_SIZES = {"train": 500, "val": 100, "test": 100}
+REAL_SIZES = {"pool": 50, "val": 20, "test": 30}
+
+
+def capture_inputs(digits, seed):
+    """The real parts of the one split rule (what capture / export-mask / studies show)."""
+    parts = split_source(digits, SIM_SIZES, REAL_SIZES, seed)
+    return {s: parts[s] for s in ("pool", "val", "test")}
+
+
+def test_capture_inputs_are_the_real_parts_of_the_study_split(digits):
+    parts = split_source(digits, SIM_SIZES, REAL_SIZES, 3)
+    picked = capture_inputs(digits, 3)
+    sim = set(torch.cat([parts["sim_train"], parts["sim_val"], parts["sim_test"]]).tolist())
+    for split in ("pool", "val", "test"):
+        assert not set(picked[split].tolist()) & sim  # never an input of the sim splits
     assert [len(picked[s]) for s in ("pool", "val", "test")] == [50, 20, 30]
     assert torch.bincount(digits.labels[picked["pool"]], minlength=10).tolist() == [5] * 10
     plan = capture_plan(digits, picked, seed=3)
     assert plan["capture_index"].tolist() == list(range(100))
     assert plan["split"].iloc[:30].nunique() == 3  # splits interleaved in capture order
-    assert plan.equals(
-        capture_plan(digits, capture_inputs(digits, {"pool": 50, "val": 20, "test": 30}, 3), 3)
-    )
+    assert plan.equals(capture_plan(digits, capture_inputs(digits, 3), 3))
 
 
 # ------------------------------------------------------------------------------ workflow
 
 
 def test_export_capture_check_read_round_trip(tmp_path, monkeypatch, capsys, digits):
-    sizes = ["--source", "digits", "--pool", "30", "--val", "10", "--test", "20",
-             "--split-seed", "1"]  # fmt: skip
+    sizes = ["--source", "digits", "--sim-train", "300", "--sim-val", "50", "--sim-test", "50",
+             "--pool", "30", "--val", "10", "--test", "20", "--split-seed", "1"]  # fmt: skip
     export = tmp_path / "export"
     assert run_cli(monkeypatch, ["export-mask", "edge", "--channels", "2", "--out", export,
                                  *sizes]) == 0  # fmt: skip
     inputs = pd.read_csv(export / "inputs.csv")
     assert list(inputs.columns) == ["capture_index", "input_id", "split", "label", "image"]
     assert len(inputs) == 60 and inputs["input_id"].is_unique
+    # the one split rule: the inputs a study with this data block would request
+    parts = split_source(digits, {"train": 300, "val": 50, "test": 50},
+                         {"pool": 30, "val": 10, "test": 20}, 1)  # fmt: skip
+    for split in ("pool", "val", "test"):
+        shown = sorted(inputs.loc[inputs["split"] == split, "input_id"])
+        assert shown == parts[split].tolist(), split
     shown = np.asarray(Image.open(export / inputs["image"][0]))
     expected = torch.round(digits.images[inputs["input_id"][0], 0] * 255).to(torch.uint8)
     assert shown.dtype == np.uint8 and np.array_equal(shown, expected.numpy())
@@ -291,7 +335,8 @@ def test_export_capture_check_read_round_trip(tmp_path, monkeypatch, capsys, dig
 def test_capture_writes_tiff_and_refuses_a_non_empty_folder(tmp_path, monkeypatch, capsys):
     out = tmp_path / "caps"
     argv = ["capture", "--mask", "random", "--channels", "1", "--source", "digits", "--size",
-            "16", "--pool", "5", "--val", "5", "--test", "5", "--format", "tiff", "--out", out,
+            "16", "--sim-train", "50", "--sim-val", "10", "--sim-test", "10", "--pool", "5",
+            "--val", "5", "--test", "5", "--format", "tiff", "--out", out,
             "--quiet", "--preset", "mild"]  # fmt: skip
     assert run_cli(monkeypatch, argv) == 0
     got = read_capture_set(out)
@@ -309,15 +354,15 @@ def test_capture_writes_tiff_and_refuses_a_non_empty_folder(tmp_path, monkeypatc
         (["capture", "--mask", "{tmp}/no-such-mask"], "no-such-mask: mask file not found"),
         (["export-mask", "{tmp}/no-such-mask.npz"], "no-such-mask.npz: mask file not found"),
         (["capture", "--mask", "edge", "--format", "jpg"], "--format: 'jpg'"),
-        (["capture", "--mask", "edge", "--pool", "5000"], "--pool: 5000 inputs asked"),
+        (["capture", "--mask", "edge", "--pool", "5000"], "--pool 5000 + --val 5"),
         (["export-mask", "zeros", "--test", "-1"], "--test: must be a non-negative"),
         (["export-mask", "random", "--channels", "0"], "--channels: must be at least 1"),
         (["capture", "--mask", "edge", "--bench-seed", "-3"], "bench seed: must be a non-negative"),
     ],
 )
 def test_cli_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys, argv, message):
-    base = ["--out", tmp_path / "out", "--source", "digits", "--pool", "5", "--val", "5",
-            "--test", "5"]  # fmt: skip
+    base = ["--out", tmp_path / "out", "--source", "digits", "--sim-train", "50", "--sim-val",
+            "10", "--sim-test", "10", "--pool", "5", "--val", "5", "--test", "5"]  # fmt: skip
     argv = [argv[0], *base, *(a.replace("{tmp}", str(tmp_path)) for a in argv[1:])]
     assert run_cli(monkeypatch, argv) == 2
     err = capsys.readouterr().err.strip()

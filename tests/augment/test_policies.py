@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import pytest
@@ -11,8 +10,7 @@ import torch
 from augment.physics import FAMILIES
 from augment.policy import available_policies, build_policy
 from harness.errors import SimgapError
-from harness.optics import FourF, OpticsConfig
-from harness.sensor import Camera
+from harness.optics import Camera, FourF, OpticsConfig
 from tests.images import centroid, gaussian_blob
 
 CFG = OpticsConfig(n=16)  # N = 32: small and fast
@@ -312,40 +310,6 @@ def test_gradients_reach_the_mask_through_the_policy(name):
     (frames * torch.linspace(0, 1, CFG.n)).sum().backward()
     grad = encoder.phase.grad
     assert torch.isfinite(grad).all() and grad.abs().max() > 0
-
-
-# ------------------------------------------------------------------------- CLI
-def run_cli(argv):
-    from augment.policy import add_cli
-
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers())
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-def test_cli_list_prints_every_policy_and_the_range_table(capsys):
-    assert run_cli(["policies", "list", "--size", "16"]) == 0
-    out = capsys.readouterr().out
-    assert all(name in out for name in NAMES)
-    assert "camera_shift_px" in out and "sigma_px" in out
-
-
-def test_cli_preview_writes_a_grid_of_ideal_and_drawn_frames(tmp_path, monkeypatch):
-    from PIL import Image
-
-    monkeypatch.setenv("SIMGAP_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "grid.png"
-    argv = ["policies", "preview", "physics", "--out", str(out), "--size", "16", "--inputs", "2",
-            "--draws", "3", "--channels", "2", "--strength", "1"]
-    assert run_cli(argv) == 0
-    width, height = Image.open(out).size
-    assert width > height > 0  # 5 columns (input, ideal, 3 draws) x 4 rows
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
-    with pytest.raises(SimgapError, match="^--out"):
-        run_cli(["policies", "preview", "physics", "--out", str(tmp_path / "no" / "g.png")])
-    with pytest.raises(SimgapError, match="^strengths.defocus"):
-        run_cli(["policies", "preview", "physics", "--out", str(out), "--strength", "2"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

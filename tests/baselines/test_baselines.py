@@ -4,21 +4,15 @@ import pytest
 import torch
 
 from baselines import METHODS, SiameseOptions, get_method
-from harness.lab.bench import EmulatedBench
-from harness.data import load_source, split_indices
+from harness.data import ImageSet, load_source, split_indices
+from harness.datasets import FrameData, ImageData, RealSplits, RealTestSealed
 from harness.errors import SimgapError
+from harness.lab.bench import EmulatedBench
+from harness.lab.captures import write_capture_set
+from harness.lab.validate import read_capture_set
 from harness.models import HybridModel
 from harness.optics import FourF, OpticsConfig
-from harness.train import (
-    FrameData,
-    ImageData,
-    RealSplits,
-    RealTestSealed,
-    TrainConfig,
-    evaluate,
-    feature_gap,
-    fit,
-)
+from harness.train import TrainConfig, evaluate, feature_gap, fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -153,8 +147,6 @@ def test_real_test_is_sealed(study, tmp_path):
 
 
 def test_real_splits_from_capture_set(study, tmp_path):
-    from harness.lab.captures import read_capture_set, write_capture_set
-    from harness.data import ImageSet
 
     model, _, real = study
     parts = {"pool": real.pool, "val": real.val, "test": real.for_final_evaluation()}

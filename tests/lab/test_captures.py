@@ -15,14 +15,10 @@ import torch
 from PIL import Image
 
 import harness.lab.captures as cap
-from harness.lab.captures import (
-    SPLITS,
-    pair_with_inputs,
-    read_capture_set,
-    validate_capture_set,
-    write_capture_set,
-)
 from harness.errors import SimgapError
+from harness.lab import cli as lab_cli
+from harness.lab.captures import SPLITS, write_capture_set
+from harness.lab.validate import pair_with_inputs, read_capture_set, validate_capture_set
 
 CLASSES = ["shirt", "shoe", "bag"]
 K, H, W = 2, 8, 6
@@ -228,6 +224,15 @@ def test_failed_write_leaves_nothing_half_written(tmp_path, monkeypatch):
         ({"mask_phase": torch.zeros(K + 1, 16, 16)}, "mask_phase"),
         ({"fmt": "png", "bit_depth": 32}, "float32"),
         ({"bench_info": {"capture": 1}}, "capture"),
+        # what the reader would refuse is refused before anything is written
+        ({"classes": []}, "classes"),
+        ({"mask_phase": torch.zeros(K, 16, 8)}, "mask_phase"),
+        ({"mask_phase": torch.full((K, 16, 16), float("nan"))}, "mask_phase"),
+        ({"capture_ids": np.array([["a", " a"]] + [[f"{i}", f"{i}b"] for i in range(11)])},
+         "capture_ids"),
+        ({"capture_ids": np.array([[" ", "x"]] + [[f"{i}", f"{i}b"] for i in range(11)])},
+         "capture_ids"),
+        ({"frames": torch.zeros(12, K, 0, W)}, "nothing to write"),
     ],
 )
 def test_writer_rejects_bad_arguments(tmp_path, change, needle):
@@ -505,7 +510,7 @@ def test_pairing_split_mismatch_is_an_error(root, tmp_path):
 def run_check(argv: list[str]) -> int:
     """Our own parser with only `captures`: exercises add_cli without the other modules."""
     parser = argparse.ArgumentParser(prog="simgap")
-    cap.add_cli(parser.add_subparsers(dest="command"))
+    lab_cli.add_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -529,7 +534,7 @@ def test_cli_error_exits_2_with_one_line(root, capsys, monkeypatch):
     import harness.cli
 
     (root / "mask.npz").unlink()
-    monkeypatch.setattr(harness.cli, "COMMAND_MODULES", ("harness.lab.captures",))
+    monkeypatch.setattr(harness.cli, "COMMAND_MODULES", ("harness.lab.cli",))
     assert harness.cli.main(["captures", "check", str(root)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("simgap: error: ") and "mask.npz" in err and "\n" not in err
@@ -544,11 +549,11 @@ def test_full_cli_error_exits_2(root, capsys):
     try:
         code = harness.cli.main(["captures", "check", str(root)])
     except ImportError as exc:
-        if (exc.name or "").startswith("harness.lab.captures"):
+        if (exc.name or "").startswith("harness.lab"):
             raise
         pytest.skip(f"another command module is not importable yet: {exc}")
     except AttributeError as exc:  # a module being written that has no add_cli yet
-        if "add_cli" not in str(exc) or "harness.lab.captures" in str(exc):
+        if "add_cli" not in str(exc) or "harness.lab" in str(exc):
             raise
         pytest.skip(f"another command module is not ready yet: {exc}")
     assert code == 2

@@ -1,0 +1,277 @@
+"""The queue of cells on an Optuna storage: every use of Optuna internals lives here.
+
+Every cell is *enqueued* once as a WAITING trial carrying its grid point (the ``fixed_params``
+and ``grid_id`` system attributes GridSampler itself writes, so its bookkeeping counts these
+trials); a worker claims one by the storage's atomic WAITING -> RUNNING transition (the one
+``study.ask()`` uses), which makes "each cell runs once" hold for any number of workers on any
+machines, on SQLite, journal files or PostgreSQL.
+
+Recovery:
+- A cell is done when it has a COMPLETE trial; finished cells are never redone.
+- A running trial records its worker (host, pid, process start) and refreshes a heartbeat.  A
+  RUNNING trial whose local worker process is gone, or whose heartbeat is older than
+  ``grid.stale_after_s``, is marked FAIL and its cell queued again (the FAIL transition is
+  atomic, so only one worker re-queues it).
+- :func:`sync_grid` queues every cell that has no COMPLETE, WAITING or RUNNING trial, e.g. cells
+  that failed with an error.
+- Two claims of one cell (only possible around a re-queue race) are settled at start
+  (:func:`duplicate_of`): the lower trial number runs, the other is pruned without running.
+
+The internals relied on (checked by tests/studies/test_queue.py against the installed Optuna):
+``storage.set_trial_state_values`` returning False / raising ``UpdateFinishedTrialError`` when
+a trial left the state it was read in, ``optuna.Trial(study, trial_id)``, ``FrozenTrial._trial_id``,
+GridSampler's ``_all_grids`` and its ``fixed_params`` / ``search_space`` / ``grid_id`` system
+attributes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from studies.grid import Cell, grid_cells, search_space
+from studies.storage import StudyHandle, first_line
+
+log = logging.getLogger("simgap.studies")
+
+LIVE = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+
+
+def cell_of(trial: optuna.trial.FrozenTrial) -> str | None:
+    """The id of the cell a trial runs."""
+    return trial.user_attrs.get("cell")
+
+
+# ---------------------------------------------------------------------------------- enqueue
+def sync_grid(handle: StudyHandle) -> int:
+    """Queue every cell without a COMPLETE, WAITING or RUNNING trial; returns how many.
+
+    Call it from one process at a time (under :func:`studies.storage.study_lock`): two callers
+    could both queue the same missing cell."""
+    study = handle.study
+    requeue_stale(handle)
+    trials = study.get_trials(deepcopy=False)
+    covered = {cell_of(t) for t in trials if t.state in LIVE}
+    missing = [c for c in grid_cells(handle.config) if c.id not in covered]
+    enqueue(handle, missing, {})
+    return len(missing)
+
+
+def enqueue(handle: StudyHandle, cells: list[Cell], extra_attrs: dict) -> None:
+    """Add one WAITING trial per cell (user attributes: ``cell`` and ``extra_attrs``)."""
+    if not cells:
+        return
+    space = search_space(handle.config)
+    sampler = optuna.samplers.GridSampler(space, seed=0)
+    # the grid id of each point, so GridSampler's own bookkeeping counts these trials
+    grid_ids = {g: i for i, g in enumerate(getattr(sampler, "_all_grids", []))}
+    trials = []
+    for cell in cells:
+        params = cell.params
+        system = {"fixed_params": params}
+        point = tuple(params[a] for a in sorted(space))
+        if point in grid_ids:
+            system.update(search_space=space, grid_id=grid_ids[point])
+        trials.append(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                system_attrs=system,
+                user_attrs={"cell": cell.id, **extra_attrs},
+            )
+        )
+    handle.study.add_trials(trials)
+
+
+# ---------------------------------------------------------------------------------- claim
+def claim(handle: StudyHandle, last_group: tuple | None) -> optuna.Trial | None:
+    """Claim a WAITING trial (atomic).  Prefer the sim model this worker used last, then cells
+    whose sim model no running cell is building, so workers spread over models."""
+    study, storage = handle.study, handle.storage
+    trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+    busy = {group(t.system_attrs["fixed_params"]) for t in trials
+            if t.state == TrialState.RUNNING and "fixed_params" in t.system_attrs}
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+
+    def rank(t):
+        g = group(t.system_attrs.get("fixed_params", {}))
+        return (0 if g == last_group else 1 if g not in busy else 2, t.number)
+
+    for t in sorted(waiting, key=rank):
+        try:
+            if storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
+                return optuna.Trial(study, t._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def group(params: dict) -> tuple:
+    """The sim model a cell needs: (policy, seed)."""
+    return params.get("policy"), params.get("seed")
+
+
+def duplicate_of(handle: StudyHandle, trial: optuna.Trial, cell_id: str) -> int | None:
+    """The number of a trial that has run or runs ``cell_id`` before ``trial``, if any."""
+    for other in handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                                 TrialState.RUNNING)):
+        if (
+            other.number != trial.number
+            and cell_of(other) == cell_id
+            and (other.state == TrialState.COMPLETE or other.number < trial.number)
+        ):
+            return other.number
+    return None
+
+
+# ---------------------------------------------------------------------------------- liveness
+def process_start(pid: int) -> str | None:
+    """The kernel's start time of process ``pid`` (tells a reused pid apart); None if gone
+    (or a zombie); "?" when alive but the start time is unknown (no /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else fields[19]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return "?"
+        return "?"
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def worker_identity() -> dict:
+    """Who runs a trial: host (+ boot id, so two machines sharing a hostname differ), pid and
+    process start time."""
+    return {"host": socket.gethostname(), "boot": _boot_id(), "pid": os.getpid(),
+            "start": process_start(os.getpid())}
+
+
+def is_stale(trial: optuna.trial.FrozenTrial, now: float, stale_after: float) -> bool:
+    """A RUNNING trial whose local worker process is gone or whose heartbeat is too old."""
+    worker = trial.user_attrs.get("worker")
+    if not worker:  # claimed but not yet started: judge by the claim time
+        started = trial.datetime_start.timestamp() if trial.datetime_start else now
+        return now - started > stale_after
+    if worker.get("host") == socket.gethostname() and worker.get("boot", "") == _boot_id():
+        start = process_start(int(worker["pid"]))
+        if start is None or (start != "?" and start != worker.get("start")):
+            return True
+    return now - float(trial.user_attrs.get("heartbeat", now)) > stale_after
+
+
+def mark_started(trial: optuna.Trial) -> None:
+    """Record who runs ``trial`` and its first heartbeat."""
+    trial.set_user_attr("worker", worker_identity())
+    trial.set_user_attr("heartbeat", time.time())
+
+
+class Heartbeat(threading.Thread):
+    """Refreshes a running trial's ``heartbeat`` every ``interval`` seconds until ``stop``."""
+
+    def __init__(self, storage, trial_id: int, interval: float):
+        super().__init__(daemon=True)
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self.stop = threading.Event()
+
+    @classmethod
+    def of(cls, handle: StudyHandle, trial: optuna.Trial) -> Heartbeat:
+        return cls(handle.storage, trial._trial_id, handle.config.grid.heartbeat_s)
+
+    def run(self):
+        while not self.stop.wait(self.interval):
+            try:
+                self.storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
+            except Exception as exc:  # noqa: BLE001 - finished meanwhile, or a storage hiccup
+                log.debug("heartbeat of trial %d not recorded: %s", self.trial_id,
+                          first_line(exc))
+
+
+# ---------------------------------------------------------------------------------- requeue
+def requeue_stale(handle: StudyHandle) -> list[str]:
+    """Fail RUNNING trials whose worker is gone and queue their cells again."""
+    study, storage = handle.study, handle.storage
+    now = time.time()
+    stale_after = handle.config.grid.stale_after_s
+    requeued = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not is_stale(trial, now, stale_after):
+            continue
+        if fail(storage, trial._trial_id):
+            _requeue(handle, trial, "worker gone")
+            requeued.append(cell_of(trial))
+    return requeued
+
+
+def fail_stale(study: optuna.Study, stale_after: float) -> None:
+    """Mark FAIL the stale RUNNING trials of a study that is not a grid (nothing re-queued)."""
+    now = time.time()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if is_stale(t, now, stale_after):
+            fail(study._storage, t._trial_id)
+
+
+def fail(storage, trial_id: int) -> bool:
+    """Atomically RUNNING -> FAIL; False if someone else finished the trial first."""
+    try:
+        return bool(storage.set_trial_state_values(trial_id, TrialState.FAIL))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+
+
+def hand_back(handle: StudyHandle, trial: optuna.Trial, reason: str) -> None:
+    """Fail this worker's own running ``trial`` and queue its cell again (e.g. on SIGTERM)."""
+    if fail(handle.storage, trial._trial_id):
+        _requeue(handle, handle.storage.get_trial(trial._trial_id), reason)
+
+
+def _requeue(handle: StudyHandle, trial: optuna.trial.FrozenTrial, reason: str) -> None:
+    cell = cell_of(trial)
+    log.warning("re-queueing cell %s (trial %d: %s)", cell, trial.number, reason)
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        try:
+            handle.tracking().set_status(run_id, "KILLED")
+        except Exception as exc:  # noqa: BLE001 - best effort; the trial state is what counts
+            log.warning("could not mark MLflow run %s killed: %s", run_id, first_line(exc))
+    cells = [c for c in grid_cells(handle.config) if c.id == cell]
+    enqueue(handle, cells, {"retry_of": trial.number})
+
+
+# ---------------------------------------------------------------------------------- state
+def trial_counts(handle: StudyHandle) -> dict[str, int]:
+    """Number of trials per state name (COMPLETE, RUNNING, WAITING, FAIL, PRUNED)."""
+    counts: dict[str, int] = {}
+    for t in handle.study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
+def grid_summary(handle: StudyHandle) -> dict:
+    """Cells in the grid, cells complete, and the cells whose last try failed (with errors)."""
+    trials = handle.study.get_trials(deepcopy=False)
+    complete = {cell_of(t) for t in trials if t.state == TrialState.COMPLETE}
+    cells = grid_cells(handle.config)
+    failed = sorted({cell_of(t) for t in trials if t.state == TrialState.FAIL} - complete)
+    return {
+        "cells": len(cells),
+        "complete": sum(c.id in complete for c in cells),
+        "failed": failed,
+        "errors": {cell_of(t): t.user_attrs["error"] for t in trials
+                   if t.state == TrialState.FAIL and "error" in t.user_attrs
+                   and cell_of(t) not in complete},
+    }
