@@ -11,6 +11,10 @@ harness.optics.fused.CroppedIntensity).  They are measured in the same run, back
 each model step, on the same batch chunks as the model (harness.optics.fused.CPU_CHUNK_BYTES),
 so neither side pays page faults for fields of tens of MB.  Target: ratio <= 1.5.
 
+"rot img/s" is the same step with a per-sample SLM rotation, U(−2°, 2°) (the misalignment
+policy at strength 1), which evaluates the spectrum and the camera field as non-uniform DFTs
+(harness.optics.nufft) instead of FFTs; "rot cost" is its time over the unrotated step's.
+
 Two statistics: "model/FFT" is the median of the per-repeat ratios, "best" the ratio of the
 fastest model step to the fastest FFT step (a shared machine only ever adds time, so the minima
 are its least disturbed runs).  On a shared CPU set OMP_NUM_THREADS=1 (oversubscribed OpenMP
@@ -88,7 +92,16 @@ def bench_case(n: int, k: int, batch: int, device: str, repeats: int, imperfect:
             torch.fft.ifft2(spectra[rows])  # conj(∂L/∂(S M)) / 2 = IFFT(conj(w) g)
 
     model, ratio, best = timed_pair(model_step, fft_step, repeats, device)
-    return batch / model, ratio, best
+    rot_gen = torch.Generator(device=device).manual_seed(1)
+    angles = (torch.rand(batch, generator=rot_gen, device=device) * 2 - 1) * (2 * torch.pi / 180)
+    rotated = (imp or Imperfections()).merge(Imperfections(mask_rotation=angles))
+
+    def rotated_step():
+        enc.zero_grad(set_to_none=True)
+        enc(images, rotated).sum().backward()
+
+    rot, _, _ = timed_pair(rotated_step, model_step, max(3, repeats // 4), device)
+    return batch / model, ratio, best, batch / rot, rot / model
 
 
 def main() -> None:
@@ -104,12 +117,15 @@ def main() -> None:
     tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
     print(f"device={args.device} batch={args.batch} threads={torch.get_num_threads()} "
           f"torch={torch.__version__} imperfect={args.imperfect} malloc_tuned={tuned}")
-    print(f"{'n':>4} {'k':>2} {'N':>4} {'images/s':>10} {'model/FFT':>10} {'best':>6}")
+    print(f"{'n':>4} {'k':>2} {'N':>4} {'images/s':>10} {'model/FFT':>10} {'best':>6} "
+          f"{'rot img/s':>10} {'rot cost':>9}")
     for n in (32, 64, 128):
         for k in (1, 4):
-            rate, ratio, best = bench_case(n, k, args.batch, args.device, args.repeats,
-                                           args.imperfect)
-            print(f"{n:>4} {k:>2} {2 * n:>4} {rate:>10.0f} {ratio:>10.2f} {best:>6.2f}")
+            rate, ratio, best, rot_rate, rot_cost = bench_case(
+                n, k, args.batch, args.device, args.repeats, args.imperfect
+            )
+            print(f"{n:>4} {k:>2} {2 * n:>4} {rate:>10.0f} {ratio:>10.2f} {best:>6.2f} "
+                  f"{rot_rate:>10.0f} {rot_cost:>8.1f}x")
 
 
 if __name__ == "__main__":

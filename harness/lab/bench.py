@@ -6,12 +6,13 @@ ONE draw of every physics family the augmentation policies sample (camera defocu
 misalignment, LUT error, fixed-pattern SLM phase noise, sensor: the fields of
 ``POLICY_FIELDS``) PLUS effects no policy models, the fields of :data:`UNMODELLED_FIELDS`:
 Zernike astigmatism / coma / spherical, zero-order leakage, SLM fringing, a display gamma error
-(an uncorrected γ ≈ 2.2 at ``harsh``), a residual dark offset, a gain error, a PRNU map and
-vignetting.  :meth:`EmulatedBench.split` returns the two parameter sets.  Two more unmodelled
-effects are not parameter fields: 8-bit display quantization of the inputs and a slow drift of
-the mask and camera shifts with the capture index.  The bench shows the *learned* mask (the
-phase of the encoder it is given) on its SLM through its own imperfect optics (same
-OpticsConfig geometry).
+(an uncorrected γ ≈ 2.2 at ``harsh``), a residual dark offset, a gain error, a PRNU map,
+vignetting, an SLM off the Fourier plane (axial offset), a LUT scale that varies across the
+panel, and display pixel crosstalk.  :meth:`EmulatedBench.split` returns the two parameter
+sets.  Two more unmodelled effects are not parameter fields: 8-bit display quantization of the
+inputs and a slow drift of the mask and camera shifts with the capture index.  The bench shows
+the *learned* mask (the phase of the encoder it is given) on its SLM through its own imperfect
+optics (same OpticsConfig geometry).
 
 Draws.  Every magnitude is ``level × U(0.6, 1)`` with a random sign (scalars) or a random direction
 (2-vectors: shifts, astigmatism, coma); ``level`` comes from the preset (sensor levels are spread
@@ -55,14 +56,17 @@ from harness.optics.params import (
 from harness.optics.sensor import Camera, PerFramePoissonNoise
 
 MASK_INITS = ("random", "zeros", "edge")
-BENCH_VERSION = 1  # bump when a seed would draw another bench
+BENCH_VERSION = 2  # bump when a seed would draw another bench (2: exact rotation, LUT level mod
+# L, three more effects drawn after the others, so the fields of version 1 keep their values)
 DISPLAY_BITS = 8  # the input display (and the exported input PNGs) are 8-bit
 _M64 = (1 << 64) - 1
 #: The bench's parameter fields that no augmentation policy draws (the policies draw
 #: POLICY_FIELDS); the bench sets every field of Imperfections but phase_levels (its LUT levels
-#: are the config's lut_bits).
+#: are the config's lut_bits) and camera_fill (point-sampling pixels: the exact box mean with a
+#: rotated SLM costs several times a capture).
 UNMODELLED_FIELDS = (
     "fringing", "zero_order", "zernike", "gamma", "dark_offset", "gain", "prnu", "vignetting",
+    "slm_axial_offset", "lut_scale_tilt", "display_crosstalk",
 )
 
 
@@ -94,6 +98,9 @@ class BenchPreset(BaseModel):
     gain_error: float  # relative
     drift_px: float  # rms of the drift of the mask and camera shifts
     drift_period: float  # captures
+    slm_axial_offset_mm: float  # SLM distance from the Fourier plane
+    lut_scale_tilt: float  # relative change of the LUT scale from the panel centre to its edge
+    display_crosstalk: float  # fraction of a display pixel's light in each of its 4 neighbours
 
 
 PRESETS: dict[str, BenchPreset] = {
@@ -104,6 +111,7 @@ PRESETS: dict[str, BenchPreset] = {
         zero_order=0.01, fringing_px=0.2, gamma=1.0, gamma_error=0.03, prnu=0.005,
         vignetting=0.03, photons=20000.0, read_noise_e=2.0, dark_offset_e=1.0, bit_depth=12,
         gain_error=0.01, drift_px=0.05, drift_period=2000.0,
+        slm_axial_offset_mm=0.2, lut_scale_tilt=0.01, display_crosstalk=0.005,
     ),
     "typical": BenchPreset(
         defocus_waves=0.5, mask_shift_px=1.5, mask_rotation_deg=0.5, camera_shift_px=1.2,
@@ -112,6 +120,7 @@ PRESETS: dict[str, BenchPreset] = {
         zero_order=0.05, fringing_px=0.5, gamma=1.0, gamma_error=0.25, prnu=0.01,
         vignetting=0.1, photons=2000.0, read_noise_e=5.0, dark_offset_e=5.0, bit_depth=12,
         gain_error=0.05, drift_px=0.3, drift_period=1000.0,
+        slm_axial_offset_mm=1.0, lut_scale_tilt=0.03, display_crosstalk=0.02,
     ),
     "harsh": BenchPreset(
         defocus_waves=1.2, mask_shift_px=3.0, mask_rotation_deg=1.5, camera_shift_px=3.0,
@@ -120,6 +129,7 @@ PRESETS: dict[str, BenchPreset] = {
         zero_order=0.12, fringing_px=1.0, gamma=2.2, gamma_error=0.2, prnu=0.02,
         vignetting=0.25, photons=500.0, read_noise_e=10.0, dark_offset_e=15.0, bit_depth=10,
         gain_error=0.1, drift_px=1.0, drift_period=500.0,
+        slm_axial_offset_mm=3.0, lut_scale_tilt=0.08, display_crosstalk=0.05,
     ),
 }  # fmt: skip
 
@@ -197,6 +207,10 @@ class EmulatedBench(ParameterGenerator):
             "gain": 1.0 + signed(p.gain_error),
             "prnu_std": p.prnu,
             "vignetting": mag(p.vignetting),
+            # drawn after every version-1 field, so those keep their values
+            "slm_axial_offset_m": signed(p.slm_axial_offset_mm) * 1e-3,
+            "lut_scale_tilt": vec(p.lut_scale_tilt),
+            "display_crosstalk": mag(p.display_crosstalk),
         }
         # Slow drift: (2 shifts, 2 axes, 3 sinusoids) amplitudes, periods, phases.
         w = torch.rand(2, 2, 3, generator=gen, dtype=torch.float64) + 0.25
@@ -250,6 +264,9 @@ class EmulatedBench(ParameterGenerator):
             gain=one(f["gain"]),
             prnu=self._prnu,
             vignetting=one(f["vignetting"]),
+            slm_axial_offset=one(f["slm_axial_offset_m"]),
+            lut_scale_tilt=torch.tensor([f["lut_scale_tilt"]]),
+            display_crosstalk=one(f["display_crosstalk"]),
         )
         return imp.to(index.device)
 

@@ -4,6 +4,8 @@
     functional  pure functions (complex exponential, Zernike basis, phase wrap / quantization, blur,
                 vignetting)
     fused       the autograd Functions PhaseField and CroppedIntensity, and their batch chunks
+    nufft       non-uniform DFTs (kernel gridding) for the exactly evaluated SLM rotation
+    pixels      camera pixels that integrate over their area (fill factor)
     sensor      Camera and its noise models (training, and the bench's per-frame Poisson)
     masks       mask initialisation (Gerchberg-Saxton edges), export for an SLM, import
     fourf       FourF, the differentiable encoder

@@ -20,7 +20,8 @@ Everything is kept in the *centred* Fourier layout (DC at index N/2, as displaye
 (−1)^(x+y) checkerboard on the input makes FFT(u) centred, and the same sign pattern on the output
 field vanishes in |·|², so no fftshift copies are needed.  The camera shift is an exact Fourier
 tilt; an SLM shift becomes an exact tilt of the input (the mask is never resampled, which would
-lose energy between the pixels of e^{iφ}).  All parameters are per-sample tensors in
+lose energy between the pixels of e^{iφ}); an SLM rotation is evaluated exactly as non-uniform
+DFTs (harness.optics.nufft).  All parameters are per-sample tensors in
 :class:`~harness.optics.params.Imperfections`; ``None`` means ideal.
 """
 
@@ -41,7 +42,9 @@ from harness.optics.functional import (
 )
 from harness.optics.fused import CroppedIntensity, PhaseField
 from harness.optics.masks import initial_phase
+from harness.optics.nufft import Gridding
 from harness.optics.params import Imperfections, OpticsConfig
+from harness.optics.pixels import box_averaged_intensity, rotated_box_average
 from harness.optics.sensor import Camera
 
 
@@ -96,7 +99,7 @@ class FourF(torch.nn.Module):
     @staticmethod
     def _lut_is_ideal(imp: Imperfections | None) -> bool:
         return imp is None or all(
-            v is None for v in (imp.lut_scale, imp.lut_offset, imp.fringing)
+            v is None for v in (imp.lut_scale, imp.lut_offset, imp.fringing, imp.lut_scale_tilt)
         )
 
     def slm_phase(self, imp: Imperfections | None = None) -> torch.Tensor:
@@ -113,6 +116,10 @@ class FourF(torch.nn.Module):
             phase = phase.unsqueeze(0)
         if imp.lut_scale is not None:
             phase = phase * per_sample(imp.lut_scale.to(phase))
+        if imp.lut_scale_tilt is not None:  # scale · (1 + a·j / (N/2)) across the panel
+            tilt = imp.lut_scale_tilt.to(phase) / (self.config.N / 2)
+            ramp = per_sample(tilt[:, 0]) * self.jx + per_sample(tilt[:, 1]) * self.jy
+            phase = phase * (1 + ramp)
         if imp.lut_offset is not None:
             phase = phase + per_sample(imp.lut_offset.to(phase))
         if imp.fringing is not None:
@@ -144,19 +151,13 @@ class FourF(torch.nn.Module):
         c, s = torch.cos(rot), torch.sin(rot)
         return c * self.jx - s * self.jy, s * self.jx + c * self.jy
 
-    def _resample(
-        self, x: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor, first: int = 0
-    ) -> torch.Tensor:
-        """Bilinear samples at centred coordinates (gx, gy) of any (H, W) of ``x``, the square
-        (B, C, L, L) crop of the N x N grid that starts at grid index ``first`` (zeros outside)."""
-        size = x.shape[-1]
-        offset, scale = self.config.N // 2 - first, 2.0 / (size - 1)
-        height, width = gx.shape[-2:]
-        grid = torch.stack(((gx + offset) * scale - 1, (gy + offset) * scale - 1), dim=-1)
-        grid = grid.reshape(-1, height, width, 2).expand(x.shape[0], height, width, 2)
-        return torch.nn.functional.grid_sample(
-            x, grid, mode="bilinear", padding_mode="zeros", align_corners=True
-        )
+    def _window_points(self, imp: Imperfections) -> torch.Tensor:
+        """R(−θ) x for the centred points x of the n x n window, (G, n², 2) as (x, y): where an
+        SLM rotated by θ sees the input pixels and the camera pixels (see :meth:`intensity`)."""
+        rot = imp.mask_rotation.detach().to(self.jx).reshape(-1, 1)
+        x, y = self.jx[self._window].reshape(1, -1), self.jy[self._window].reshape(1, -1)
+        c, s = torch.cos(rot), torch.sin(rot)
+        return torch.stack((c * x + s * y, c * y - s * x), dim=-1)
 
     def pupil_phase(self, imp: Imperfections | None, grid=None) -> torch.Tensor | None:
         """System pupil phase (B, 1, N, N) in radians at the pupil points R ρ + δ.
@@ -202,39 +203,70 @@ class FourF(torch.nn.Module):
 
     # ----------------------------------------------------------------- propagation
     def input_spectrum(
-        self, images: torch.Tensor, imp: Imperfections | None = None
+        self, images: torch.Tensor, imp: Imperfections | None = None, gridding=None
     ) -> torch.Tensor:
         """FFT of the displayed input field times the system pupil, (B, 1, N, N), centred.
 
-        An SLM moved by δ and rotated by R shows M'(ρ) = M(R⁻¹(ρ − δ)).  Substituting
-        ρ = R ρ' + δ keeps the mask on its own grid (no resampling of e^{iφ}, no energy loss):
-        the input is rotated, u(R x), and tilted, exp(−2πi δ·R x / N); the pupil phase is taken at
-        R ρ' + δ; the output intensity is |w(Rᵀ x)|² (rotated back in :meth:`intensity`).
+        An SLM moved by δ and rotated by R puts its pixel j at ρ = R j + δ, where it sees the
+        spectrum Û(R j + δ) = Σ_x u(x) e^{−2πi δ·x/N} e^{−2πi j·(Rᵀx)/N}: the input tilted by δ
+        and evaluated exactly at the rotated points Rᵀx (a type-1 non-uniform DFT,
+        harness.optics.nufft; no resampling of the input or of e^{iφ}).  The pupil phase is taken
+        at R j + δ; the camera sees the field at Rᵀx too (:meth:`intensity`).
         """
         cfg = self.config
         if images.dim() != 4 or images.shape[1] != 1 or images.shape[-1] != cfg.n:
             raise ValueError(f"expected images (B, 1, {cfg.n}, {cfg.n}), got {tuple(images.shape)}")
-        intensity = images.to(self.phase.dtype)
-        if imp is not None and imp.gamma is not None:
-            intensity = intensity.clamp_min(0) ** per_sample(imp.gamma.to(intensity))
+        intensity = self._displayed(images.to(self.phase.dtype), imp)
         grid = self._rotated_grid(imp)
         aligned = grid is None and (imp is None or imp.mask_shift is None)
+        aligned = aligned and (imp is None or imp.slm_axial_offset is None)
         if aligned and not (torch.is_grad_enabled() and intensity.requires_grad):
             return self._with_pupil(torch.fft.fft2(self._display_grid(intensity)), imp, None)
         amplitude = torch.sqrt(intensity.clamp_min(0))
-        pad = (self._start, cfg.N - cfg.n - self._start)
+        window = (..., *self._window)
         if grid is None:
+            pad = (self._start, cfg.N - cfg.n - self._start)
             u = torch.nn.functional.pad(amplitude * self.checker[self._window], pad + pad)
             gx, gy = self.jx, self.jy
         else:
-            u = torch.nn.functional.pad(amplitude, pad + pad)
-            u = self._resample(u, *grid) * self.checker
-            gx, gy = grid
-        if imp is not None and imp.mask_shift is not None:
+            u, (gx, gy) = amplitude, (self.jx[window], self.jy[window])
+        u = self._input_phase(u, imp, gx, gy)
+        if grid is None:
+            return self._with_pupil(torch.fft.fft2(u), imp, None)
+        gridding = gridding or Gridding(self._window_points(imp), cfg.N)
+        values = u.to(u.dtype.to_complex()) if not u.is_complex() else u
+        spectrum = gridding.spread(values.reshape(values.shape[0], 1, -1)) * self.checker
+        return self._with_pupil(spectrum, imp, grid)
+
+    @staticmethod
+    def _displayed(intensity: torch.Tensor, imp: Imperfections | None) -> torch.Tensor:
+        """The display's light: I^γ, then crosstalk c to each of the 4 neighbours,
+        (1 − 4c) I + c Σ I_neighbour (light leaking past the window edge is lost)."""
+        if imp is not None and imp.gamma is not None:
+            intensity = intensity.clamp_min(0) ** per_sample(imp.gamma.to(intensity))
+        if imp is not None and imp.display_crosstalk is not None:
+            c = per_sample(imp.display_crosstalk.to(intensity))
+            padded = torch.nn.functional.pad(intensity, (1, 1, 1, 1))
+            around = (padded[..., :-2, 1:-1] + padded[..., 2:, 1:-1] + padded[..., 1:-1, :-2]
+                      + padded[..., 1:-1, 2:])
+            intensity = (1 - 4 * c) * intensity + c * around
+        return intensity
+
+    def _input_phase(self, u: torch.Tensor, imp: Imperfections | None, gx, gy) -> torch.Tensor:
+        """u e^{iψ} at the input points (gx, gy) (pixels, centred): the tilt of an SLM shift δ,
+        ψ = −2π δ·x / N, and the quadratic phase of an SLM off the Fourier plane by d,
+        ψ = −π d |x dx|² / (λ f²)."""
+        if imp is None or (imp.mask_shift is None and imp.slm_axial_offset is None):
+            return u
+        cfg, psi = self.config, 0.0
+        if imp.mask_shift is not None:
             shift = imp.mask_shift.to(u)
-            tilt = (-TWO_PI / cfg.N) * (per_sample(shift[:, 0]) * gx + per_sample(shift[:, 1]) * gy)
-            u = cis(tilt, u)
-        return self._with_pupil(torch.fft.fft2(u), imp, grid)
+            psi = (-TWO_PI / cfg.N) * (per_sample(shift[:, 0]) * gx + per_sample(shift[:, 1]) * gy)
+        if imp.slm_axial_offset is not None:
+            curvature = -math.pi * cfg.dx**2 / (cfg.wavelength * cfg.focal_length**2)
+            d = per_sample(imp.slm_axial_offset.to(u))
+            psi = psi + curvature * d * (gx**2 + gy**2)
+        return cis(psi, u)
 
     def _display_grid(self, intensity: torch.Tensor) -> torch.Tensor:
         """Complex N x N grid (B, 1, N, N), zero but for the checkered amplitude
@@ -259,18 +291,27 @@ class FourF(torch.nn.Module):
         return torch.fft.ifft2(self.input_spectrum(images, imp) * self.slm_field(imp))
 
     def intensity(self, images: torch.Tensor, imp: Imperfections | None = None) -> torch.Tensor:
-        """Optical intensity on the camera window (B, k, n, n), before the sensor."""
-        spectrum, mask = self.input_spectrum(images, imp), self.slm_field(imp)
-        back = self._rotated_grid(imp, sign=-1.0)
-        if back is None:
-            return CroppedIntensity.apply(spectrum, mask, self._start, self.config.n)
-        # |w(Rᵀ x)|²: the power on the window grown by the farthest a window point moves,
-        # |R(−θ) x − x| <= |θ| |x| <= |θ| n / √2, sampled at R(−θ) x.
-        reach = float(imp.mask_rotation.abs().max()) * self.config.n / math.sqrt(2.0)
-        first = max(0, self._start - math.ceil(reach) - 1)
-        power = CroppedIntensity.apply(spectrum, mask, first, self.config.N - 2 * first)
-        window = (..., *self._window)
-        return self._resample(power, back[0][window], back[1][window], first)
+        """Optical intensity on the camera window (B, k, n, n), before the sensor.
+
+        With an SLM rotation R the output w(x) = N⁻² Σ_j c_j e^{2πi (R j + δ)·x/N},
+        c = Û(R j + δ) M_j P(R j + δ), is evaluated exactly at the camera pixels x as a type-2
+        non-uniform DFT at the points Rᵀx (the phase e^{2πi δ·x/N} drops out of |w|²).
+        """
+        n, fill = self.config.n, None if imp is None else imp.camera_fill
+        if imp is None or imp.mask_rotation is None:
+            spectrum, mask = self.input_spectrum(images, imp), self.slm_field(imp)
+            if fill is not None:  # pixels that integrate over their area (harness.optics.pixels)
+                return box_averaged_intensity(spectrum * mask, fill, self._start, n)
+            return CroppedIntensity.apply(spectrum, mask, self._start, n)
+        gridding = Gridding(self._window_points(imp), self.config.N)
+        coefficients = self.input_spectrum(images, imp, gridding) * self.slm_field(imp)
+        coefficients = coefficients * self.checker  # the centred input coordinates of Û
+        if fill is not None:  # the box mean of |w|², exactly (harness.optics.pixels)
+            power = rotated_box_average(coefficients, fill, imp.mask_rotation.detach(),
+                                        self._window_points(imp))
+        else:
+            power = (gridding.interpolate(coefficients) * (1.0 / self.config.N**2)).abs().square()
+        return power.reshape(*power.shape[:2], n, n)
 
     def forward(
         self,

@@ -56,11 +56,14 @@ def wrap_phase(phase: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_phase(phase: torch.Tensor, levels) -> torch.Tensor:
-    """Wrap to [0, 2π) and round to ``levels`` equal steps; straight-through gradient (wrap and
-    rounding are computed in place without a graph: d/dφ = 1)."""
+    """The SLM level q = round(wrap(φ) L / 2π) mod L of L = ``levels`` equal steps, as the phase
+    2π q / L in [0, 2π): a phase within π/L below 2π is level 0 (as ``masks.gray_levels``), not
+    a level L that a LUT scale would turn into 2π·scale.  Straight-through gradient (wrap and
+    rounding are computed without a graph: d/dφ = 1)."""
     step = TWO_PI / levels
     with torch.no_grad():
-        delta = (_wrapped(phase) / step).round_().mul_(step).sub_(phase)
+        level = torch.remainder((_wrapped(phase) / step).round_(), levels)
+        delta = level.mul_(step).sub_(phase)
     return phase + delta
 
 

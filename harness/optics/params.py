@@ -87,7 +87,16 @@ class OpticsConfig(BaseModel):
 
 @dataclass
 class Imperfections:
-    """Per-sample non-idealities; units in docs/ARCHITECTURE.md.  ``None`` = ideal."""
+    """Per-sample non-idealities; units in docs/ARCHITECTURE.md.  ``None`` = ideal.
+
+    The last fields (after ``vignetting``): ``slm_axial_offset`` d (B,) metres, the SLM moved
+    along the axis off the Fourier plane (a quadratic phase exp(−iπ d x² / (λ f²)) across the
+    input, x in metres); ``lut_scale_tilt`` (B, 2), a LUT scale that varies linearly across the
+    panel, scale · (1 + a_x j_x / (N/2) + a_y j_y / (N/2)); ``display_crosstalk`` c (B,), the
+    fraction of each input display pixel's light that leaks into each of its 4 neighbours;
+    ``camera_fill`` a (B,) in (0, 1], the linear fill factor of a camera pixel: it records the
+    mean intensity over a square a x a grid pixels wide (harness.optics.pixels).
+    """
 
     defocus_dz: torch.Tensor | None = None
     mask_shift: torch.Tensor | None = None
@@ -108,6 +117,10 @@ class Imperfections:
     gain: torch.Tensor | None = None
     prnu: torch.Tensor | None = None
     vignetting: torch.Tensor | None = None
+    slm_axial_offset: torch.Tensor | None = None
+    lut_scale_tilt: torch.Tensor | None = None
+    display_crosstalk: torch.Tensor | None = None
+    camera_fill: torch.Tensor | None = None
 
     def items(self):
         for f in fields(self):

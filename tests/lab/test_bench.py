@@ -157,9 +157,13 @@ def test_every_family_is_drawn_in_physical_units():
     assert 0.6 * p.coma_waves <= math.hypot(z["coma_x"], z["coma_y"]) <= p.coma_waves
     assert 0.6 * p.spherical_waves <= abs(z["spherical"]) <= p.spherical_waves
     assert 0 < f["zero_order"] <= p.zero_order and 0 < f["fringing_px"] <= p.fringing_px
+    assert 0.6e-3 * p.slm_axial_offset_mm <= abs(f["slm_axial_offset_m"]) <= 1e-3 * (
+        p.slm_axial_offset_mm)
+    assert 0.6 * p.lut_scale_tilt <= math.hypot(*f["lut_scale_tilt"]) <= p.lut_scale_tilt
+    assert 0.6 * p.display_crosstalk <= f["display_crosstalk"] <= p.display_crosstalk
     imp = bench.step(torch.arange(4))
     unset = [name for name, value in vars(imp).items() if value is None]
-    assert unset == ["phase_levels"]  # every other field is drawn; levels follow lut_bits
+    assert unset == ["phase_levels", "camera_fill"]  # levels follow lut_bits; point pixels
     assert imp.prnu.std().item() == pytest.approx(p.prnu, rel=0.2)
     assert imp.phase_noise.std().item() == pytest.approx(p.phase_noise_rad, rel=0.1)
 
@@ -173,7 +177,8 @@ def test_what_no_policy_models_is_the_bench_parameters_beyond_the_policy_fields(
     index = torch.arange(3)
     modelled, unmodelled = bench.split(index)
     documented = {"zernike", "zero_order", "fringing", "prnu", "vignetting", "gamma", "gain",
-                  "dark_offset"}  # fmt: skip
+                  "dark_offset", "slm_axial_offset", "lut_scale_tilt",
+                  "display_crosstalk"}  # fmt: skip
     assert set(UNMODELLED_FIELDS) == documented
     assert set(dict(unmodelled.items())) == documented
     assert set(dict(modelled.items())) == set(POLICY_FIELDS) - {"phase_levels"}

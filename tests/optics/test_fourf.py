@@ -173,26 +173,12 @@ def test_rotation_by_90_degrees_equals_rotating_the_mask():
     assert (rotated - enc.intensity(images)).abs().max() > 1e-2
 
 
-def test_small_rotation_samples_the_full_grid_power_on_a_grown_window():
-    """The rotated path computes |w|² only on the window grown by the farthest a window point
-    moves; it must equal sampling the full N x N power (the straightforward computation)."""
-    enc = FourF(OpticsConfig(n=16), channels=2, init="random", seed=0)
-    images = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
-    imp = Imperfections(mask_rotation=torch.tensor([0.03, -0.05, 0.0]),
-                        mask_shift=torch.tensor([[0.4, 0.0], [0.0, -0.3], [0.2, 0.2]]))
-    full_power = enc.field(images, imp).abs() ** 2
-    back = enc._rotated_grid(imp, sign=-1.0)
-    window = (..., *enc._window)
-    expected = enc._resample(full_power, back[0][window], back[1][window])
-    torch.testing.assert_close(enc.intensity(images, imp), expected, atol=1e-5, rtol=1e-4)
-
-
 def test_phase_quantization_uses_lut_levels():
     enc = FourF(OpticsConfig(n=32, lut_bits=3), init="random", seed=0)
     phase = enc.slm_phase()
     steps = phase / (TWO_PI / 8)
     torch.testing.assert_close(steps, torch.round(steps), atol=1e-4, rtol=0)
-    assert len(torch.unique(torch.round(steps))) <= 9  # 0..7 (+ 8 ≡ 0 at the wrap)
+    assert torch.round(steps).max() <= 7  # levels 0..7: level 8 is 0 (mod L)
     levels = enc.slm_phase(Imperfections(phase_levels=torch.tensor([4.0])))
     steps = levels / (TWO_PI / 4)
     torch.testing.assert_close(steps, torch.round(steps), atol=1e-4, rtol=0)
