@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,8 +29,9 @@ import torch
 
 from augment.policy import build_policy
 from baselines import get_method
+from baselines.hparams import method_options
 from harness.data import load_source, split_source
-from harness.datasets import ImageData, RealSplits
+from harness.datasets import FrameData, ImageData, RealSplits
 from harness.lab.bench import EmulatedBench
 from harness.lab.plans import capture_dataset
 from harness.lab.validate import read_capture_set
@@ -42,6 +43,7 @@ from harness.train import TrainConfig, fit, predict
 from studies.cache import ArtifactCache
 from studies.config import ZERO_SHOT, StudyConfig, config_hash
 from studies.grid import Cell
+from studies.protocol import method_hparams
 
 CACHE_VERSION = 1
 
@@ -206,36 +208,74 @@ def run_cell(handle, cell: Cell, run) -> dict:
     return {primary: metrics.pop(primary), **metrics}
 
 
+def adapt_train_config(config: StudyConfig, seed: int) -> TrainConfig:
+    """The adaptation budget: ``adapt.steps`` optimizer steps for every method and fraction,
+    in ``adapt.evals`` selection rounds of ``steps / evals`` batches (cycling the data)."""
+    budget = config.adapt
+    return TrainConfig(
+        epochs=budget.evals, steps_per_epoch=budget.steps // budget.evals,
+        batch_size=budget.batch_size, lr=budget.lr, optics_lr=budget.optics_lr,
+        weight_decay=budget.weight_decay, seed=seed, device=str(device_of(config)),
+        progress=False,
+    )  # fmt: skip
+
+
+def selection_data(config: StudyConfig, data: StudyData, cell: Cell, pool, real):
+    """(train frames, selection data or None, label counts) of a cell's selection protocol;
+    ``real-val-from-budget`` draws its val split from the cell's own fraction ``pool``."""
+    protocol = config.selection.adapt
+    train, val, extra = pool, None, 0
+    if protocol == "sim-val":
+        split = data.splits["sim_val"]
+        val = ImageData(data.images.images[split], data.images.labels[split], split="sim-val")
+    elif protocol == "real-val-from-budget":
+        train, val = pool.holdout(config.selection.budget_val_share, cell.seed)
+    elif protocol == "real-val":
+        val, extra = real.val, len(real.val)
+    elif protocol == "oracle":  # refused by SelectionConfig unless named with oracle: true
+        val = replace(real.for_final_evaluation(), split="oracle-test")
+    n_val = len(val) if protocol == "real-val-from-budget" else 0
+    counts = {"n_real_train": len(train), "n_real_val": n_val, "n_real_labels_extra": extra,
+              "n_real_labels": len(train) + n_val + extra,
+              "oracle_invalid": float(protocol == "oracle")}
+    return train, val, counts
+
+
 def _adapt(config: StudyConfig, data: StudyData, cell: Cell, model, real, run):
     """Stage 4: (adapted model, metrics) after the cell's method on its real fraction."""
-    fractions = real.pool_fractions([cell.fraction], cell.seed)
-    pool = fractions[cell.fraction]
-    val = real.val if config.selection.adapt == "real-val" else None
-    metrics: dict = {"n_real_train": len(pool)}
-    method_metrics = None
+    pool = real.pool_fractions([cell.fraction], cell.seed)[cell.fraction]
+    metrics: dict = {"n_real_pool": len(pool), "adapt_steps": 0, "n_real_train": 0,
+                     "n_real_val": 0, "n_real_labels_extra": 0, "n_real_labels": 0,
+                     "oracle_invalid": float(config.selection.adapt == "oracle")}
+    run.log_params({"selection_adapt": config.selection.adapt,
+                    "selection_sim": config.selection.sim})
     if cell.method == ZERO_SHOT:
-        adapted = model
-    else:
-        method = get_method(cell.method)
-        split = data.splits["sim_train"]
-        sim_train = ImageData(data.images.images[split], data.images.labels[split],
-                              split="sim-train")
-        spec = config.policy(cell.policy)
-        result = method(
-            model, pool, val, train_config(config, config.adapt, cell.seed), cell.seed,
-            sim_train=sim_train, policy=build_policy(spec.name, spec.strengths, config.optics),
-            callback=lambda epoch, m: run.log_metrics(
-                {f"adapt/{k}": v for k, v in m.items() if k != "epoch"}, epoch),
-        )
-        adapted, method_metrics = result.model, result.metrics
-        metrics["adapt_best_epoch"] = result.metrics.get("best_epoch", -1)
-    if pool.input_ids is not None:
-        _log_json(run, "real_train_ids.json", pool.input_ids.tolist())
-    if method_metrics is not None and "val_accuracy" in method_metrics:
-        metrics["real_val_acc"] = method_metrics["val_accuracy"]
-    elif len(real.val) and adapted.classifies:
-        metrics["real_val_acc"] = _scores(adapted, real.val)[0]["acc"]
-    return adapted, metrics
+        return model, metrics
+    train, val, counts = selection_data(config, data, cell, pool, real)
+    metrics.update(counts)
+    hparams = method_hparams(cell.method, config.hparams.get(cell.method), config.adapt)
+    tconfig, kwargs = method_options(cell.method, hparams, adapt_train_config(config, cell.seed))
+    run.log_params({f"hp.{k}": v for k, v in hparams.items()})
+    split = data.splits["sim_train"]
+    sim_train = ImageData(data.images.images[split], data.images.labels[split], split="sim-train")
+    spec = config.policy(cell.policy)
+    steps = []
+    result = get_method(cell.method)(
+        model, train, val, tconfig, cell.seed, sim_train=sim_train,
+        policy=build_policy(spec.name, spec.strengths, config.optics), **kwargs,
+        callback=lambda epoch, m: (steps.append(1), run.log_metrics(
+            {f"adapt/{k}": v for k, v in m.items() if k != "epoch"}, epoch)),
+    )  # fmt: skip
+    metrics["adapt_steps"] = len(steps) * tconfig.steps_per_epoch
+    metrics["adapt_best_epoch"] = result.metrics.get("best_epoch", -1)
+    for name, part in (("real_train_ids.json", train), ("real_val_ids.json", val)):
+        if isinstance(part, FrameData) and part.input_ids is not None:
+            _log_json(run, name, part.input_ids.tolist())
+    if "val_accuracy" in result.metrics and config.selection.adapt != "sim-val":
+        key = "budget_val_acc" if config.selection.adapt == "real-val-from-budget" else (
+            "real_val_acc")  # oracle: the real test accuracy it selected on
+        metrics[key] = result.metrics["val_accuracy"]
+    return result.model, metrics
 
 
 def _final_evaluation(config: StudyConfig, data: StudyData, cell: Cell, adapted, real,

@@ -1,4 +1,5 @@
-"""The study report's figures (PNG for the page, PDF for a paper), drawn from the per-cell table.
+"""The study report's figures (PNG for the page, PDF for a paper), drawn from the per-cell table;
+next to each figure a CSV holds the numbers it plots (mean, clipped 95 % interval, n).
 
 matplotlib is imported when a figure is drawn (with the Agg backend: no display needed), so
 building tables alone never pays for it.
@@ -12,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from studies.config import ZERO_SHOT, StudyConfig
-from studies.stats import ci95, summarize
+from studies.stats import bounds_of, ci95, clip, fraction_axis, summarize
 
 
 def _plt():
@@ -24,87 +25,123 @@ def _plt():
     return plt
 
 
-def _save(fig, stem: Path) -> None:
+def _save(fig, stem: Path, stamp: str = "") -> None:
+    """PNG and PDF of ``fig``; ``stamp`` (e.g. the oracle warning) written across it."""
+    if stamp:
+        fig.text(0.5, 0.5, stamp.upper(), rotation=20, ha="center", va="center", fontsize=22,
+                 color="red", alpha=0.35)
     fig.savefig(stem.with_suffix(".png"), dpi=150, bbox_inches="tight")
     fig.savefig(stem.with_suffix(".pdf"), bbox_inches="tight")
     _plt().close(fig)
 
 
-def figure_curves(points: pd.DataFrame, config: StudyConfig, metric: str, stem: Path) -> None:
+def figure_curves(points: pd.DataFrame, config: StudyConfig, metric: str, stem: Path,
+                  stamp: str = "") -> None:
     """One panel per adaptation method: a line per policy (band = 95 % CI over seeds x
-    benches), the real-only reference dashed in every panel."""
+    benches, clipped to the metric's range), the real-only reference dashed in every panel.
+    The x axis is the true share of the pool, labelled with the real images it holds."""
     plt = _plt()
     s = summarize(points, ["curve", "percent"], metric)
+    axis = fraction_axis(points, config).set_index("percent")
+    s = s.join(axis[["n_images", "true_percent"]], on="percent")
+    s.to_csv(stem.with_suffix(".csv"), index=False)
     methods = [m for m in config.methods if m != "real-only"] or ["real-only"]
     fig, axes = plt.subplots(1, len(methods), figsize=(4.6 * len(methods), 3.8), sharey=True,
                              squeeze=False)
     colors = {p.key: f"C{i}" for i, p in enumerate(config.policies)}
-    ticks = sorted(points["percent"].unique())
+    ticks = axis[axis.index.isin(points["percent"].unique())]
 
     def draw(ax, curve, label, **style):
         c = s[s["curve"] == curve].sort_values("percent")
         if c.empty:
             return
-        ax.plot(c["percent"], c["mean"], marker="o", label=label, **style)
-        band = c["ci95"].fillna(0.0)
-        ax.fill_between(c["percent"], c["mean"] - band, c["mean"] + band, alpha=0.15,
-                        color=style["color"])
+        ax.plot(c["true_percent"], c["mean"], marker="o", label=label, **style)
+        ax.fill_between(c["true_percent"], c["lo"].fillna(c["mean"]),
+                        c["hi"].fillna(c["mean"]), alpha=0.15, color=style["color"])
 
     for ax, method in zip(axes[0], methods):
         for spec in config.policies:
             draw(ax, f"{spec.key}/{method}", spec.key, color=colors[spec.key])
         draw(ax, "real-only", "real-only", color="black", linestyle="--")
         ax.set_xscale("symlog", linthresh=1.0)
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        ax.set_xlabel("labelled real data (% of the pool)")
+        ax.set_xticks(ticks["true_percent"], [_tick(r) for _, r in ticks.iterrows()],
+                      fontsize=7)
+        ax.set_xlabel("labelled real images (true % of the pool)")
         ax.set_title(method if method != "real-only" else "reference", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel(metric.replace("_", " "))
-    fig.suptitle("Fine-tune-fraction curves (mean ± 95 % CI)", fontsize=11)
-    _save(fig, stem)
+    fig.suptitle("Fine-tune-fraction curves (mean, 95 % CI)", fontsize=11)
+    _save(fig, stem, stamp)
 
 
-def figure_policies(df: pd.DataFrame, config: StudyConfig, metric: str, stem: Path) -> None:
+def _tick(row) -> str:
+    if row["n_images"] is None or not np.isfinite(row["n_images"]):
+        return f"{row['true_percent']:.3g} %"
+    return f"{int(row['n_images'])}\n({row['true_percent']:.3g} %)"
+
+
+def _bars(zero: pd.DataFrame, specs, key: str) -> pd.DataFrame:
+    """mean, lo, hi (clipped 95 % CI), n of ``key`` per policy at 0 %."""
+    rows = []
+    for p in specs:
+        mean, ci, n = ci95(zero[zero["policy"] == p.key][key])
+        ci = 0.0 if not np.isfinite(ci) else ci
+        lo, hi = clip(mean - ci, mean + ci, bounds_of(key))
+        rows.append({"policy": p.key, "metric": key, "mean": mean, "lo": lo, "hi": hi, "n": n})
+    return pd.DataFrame(rows)
+
+
+def _yerr(bars: pd.DataFrame):
+    return [(bars["mean"] - bars["lo"]).to_numpy(), (bars["hi"] - bars["mean"]).to_numpy()]
+
+
+def figure_policies(df: pd.DataFrame, config: StudyConfig, metric: str, stem: Path,
+                    stamp: str = "") -> None:
     plt = _plt()
     zero = df[df["method"] == ZERO_SHOT]
     specs = [p for p in config.all_policies() if p.key in set(zero["policy"])]
-    stats = [ci95(zero[zero["policy"] == p.key][metric]) for p in specs]
+    bars = _bars(zero, specs, metric)
+    bars.to_csv(stem.with_suffix(".csv"), index=False)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(specs) + 2), 3.8))
     colors = ["tab:gray" if p.key == config.report.baseline else
               "tab:orange" if p in config.ablations else "tab:blue" for p in specs]
     x = np.arange(len(specs))
-    ax.bar(x, [s[0] for s in stats], yerr=[0 if not np.isfinite(s[1]) else s[1] for s in stats],
-           color=colors, capsize=3)
+    ax.bar(x, bars["mean"], yerr=_yerr(bars), color=colors, capsize=3)
     ax.set_xticks(x, [p.key for p in specs], rotation=35, ha="right", fontsize=8)
     ax.set_ylabel(f"{metric.replace('_', ' ')} at 0 %")
     ax.set_title("Policies at 0 % real data (blue: compared, orange: ablation)")
     ax.grid(axis="y", alpha=0.3)
-    _save(fig, stem)
+    _save(fig, stem, stamp)
 
 
-def figure_gap(df: pd.DataFrame, config: StudyConfig, metric: str, stem: Path) -> None:
+def figure_gap(df: pd.DataFrame, config: StudyConfig, metric: str, stem: Path,
+               stamp: str = "") -> None:
     plt = _plt()
     zero = df[df["method"] == ZERO_SHOT]
     specs = [p for p in config.all_policies() if p.key in set(zero["policy"])]
     sim_key = metric.replace("real_test", "sim_real_test")
     fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(specs) + 2), 3.8))
     x = np.arange(len(specs))
+    drawn = []
     for offset, key, label in ((-0.2, sim_key, "sim (same inputs)"), (0.2, metric, "real")):
         if key not in zero:
             continue
-        st = [ci95(zero[zero["policy"] == p.key][key]) for p in specs]
-        ax.bar(x + offset, [s[0] for s in st], width=0.4, label=label, capsize=3,
-               yerr=[0 if not np.isfinite(s[1]) else s[1] for s in st])
+        bars = _bars(zero, specs, key)
+        drawn.append(bars)
+        ax.bar(x + offset, bars["mean"], width=0.4, label=label, capsize=3, yerr=_yerr(bars))
+    if drawn:
+        pd.concat(drawn).to_csv(stem.with_suffix(".csv"), index=False)
     ax.set_xticks(x, [p.key for p in specs], rotation=35, ha="right", fontsize=8)
     ax.set_ylabel(f"{metric.removeprefix('real_test_')} at 0 %")
     ax.set_title("Sim vs real (gap = sim − real)")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
-    _save(fig, stem)
+    _save(fig, stem, stamp)
 
 
-def figure_tsne(npz: Path, title: str, stem: Path, points: int, seed: int = 0) -> None:
+def figure_tsne(npz: Path, title: str, stem: Path, points: int, seed: int = 0,
+                stamp: str = "") -> None:
     from sklearn.manifold import TSNE
 
     plt = _plt()
@@ -123,5 +160,5 @@ def figure_tsne(npz: Path, title: str, stem: Path, points: int, seed: int = 0) -
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(title="o sim / x real (colour = class)", fontsize=7, title_fontsize=7)
-    _save(fig, stem)
+    _save(fig, stem, stamp)
 

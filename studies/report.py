@@ -5,18 +5,20 @@ names); their numbers come from MLflow (the run's metrics and artifacts).  Outpu
 atomically into ``<study>/report/``:
 
     report.md                       everything on one page
-    tables/*.csv|md|tex             mean ± 95 % CI over seeds x benches (t distribution)
-    figures/*.png|pdf               fraction curves, policies at 0 %, sim vs real gap, t-SNE
-    headline.json                   the headline numbers of docs/DESIGN.md section 6
+    tables/*.csv|md|tex             mean ± 95 % CI over seeds x benches (t distribution);
+                                    LaTeX as booktabs tables that compile
+    figures/*.png|pdf|csv           fraction curves, policies at 0 %, sim vs real gap, t-SNE
+                                    (the CSV holds the plotted numbers)
+    headline.json                   the headline numbers of docs/DESIGN.md section 6 and the
+                                    paired comparisons (strict JSON: null for a missing number)
     cells.csv                       one row per cell (the raw numbers)
 
-The statistics are :mod:`studies.stats`, the figures :mod:`studies.figures`.
+The statistics are :mod:`studies.stats`, the figures :mod:`studies.figures`, the number formats,
+LaTeX, JSON and the findings sentences :mod:`studies.outputs`.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import shutil
 from pathlib import Path
 
@@ -29,8 +31,25 @@ from harness.files import staged_dir
 from studies.config import ZERO_SHOT, StudyConfig
 from studies.figures import figure_curves, figure_gap, figure_policies, figure_tsne
 from studies.grid import AXES, Cell, grid_cells
-from studies.stats import ci95, curve_order, curve_points, headline, summarize
-from studies.storage import StudyHandle, open_study
+from studies.outputs import (
+    comparisons_table,
+    findings,
+    fmt,
+    fmt_needs,
+    write_json,
+    write_table,
+)
+from studies.protocol import ORACLE_STAMP
+from studies.stats import (
+    bounds_of,
+    ci95,
+    curve_order,
+    curve_points,
+    fraction_axis,
+    headline,
+    summarize,
+)
+from studies.storage import StudyHandle, mask_url, open_study
 from studies.tracking import retry
 
 FEATURES = "features.npz"
@@ -77,46 +96,50 @@ def _search(tracking, query: str) -> list:
             return out
 
 
-def fmt(mean: float, ci: float, digits: int = 3) -> str:
-    """``mean ± ci`` for a table cell ("–" for no value, the mean alone for n < 2)."""
-    if not np.isfinite(mean):
-        return "–"
-    return f"{mean:.{digits}f}" if not np.isfinite(ci) else f"{mean:.{digits}f} ± {ci:.{digits}f}"
-
-
 # ---------------------------------------------------------------------------------- tables
 def tables(df: pd.DataFrame, config: StudyConfig, metric: str) -> dict[str, pd.DataFrame]:
+    """The fraction-curve table (its last row: the real images each fraction holds and the
+    true share of the pool) and the table of policies at 0 %."""
     points = curve_points(df, config)
     out = {}
     if not points.empty:
         s = summarize(points, ["curve", "percent"], metric)
-        s["text"] = [fmt(m, c) for m, c in zip(s["mean"], s["ci95"])]
+        s["text"] = [fmt(m, c, n, bounds_of(metric))
+                     for m, c, n in zip(s["mean"], s["ci95"], s["n"])]
         wide = s.pivot(index="curve", columns="percent", values="text")
         wide = wide.reindex([c for c in curve_order(config) if c in wide.index])
+        axis = fraction_axis(df, config).set_index("percent")
+        wide.loc[AXIS_ROW] = [_axis_text(axis, p) for p in wide.columns]
         wide.columns = [f"{p:g} %" for p in wide.columns]
         out["fraction_curves"] = wide.fillna("–")
     zero = df[df["method"] == ZERO_SHOT] if not df.empty else df
     if not zero.empty:
-        cols = [c for c in (metric, "sim_real_test_acc", "gap", "sim_test_acc", "real_val_acc",
-                            "feature_mmd2") if c in zero]
-        rows = []
-        for spec in config.all_policies():
-            z = zero[zero["policy"] == spec.key]
-            if z.empty:
-                continue
-            row = {"policy": spec.key, "kind": "ablation" if spec in config.ablations else
-                   "compared", "n": len(z)}
-            row.update({c: fmt(*ci95(z[c])[:2]) for c in cols})
-            rows.append(row)
-        out["zero_shot"] = pd.DataFrame(rows).set_index("policy")
+        out["zero_shot"] = _zero_shot_table(zero, config, metric)
     return out
 
 
-def write_table(table: pd.DataFrame, stem: Path, caption: str) -> None:
-    table.to_csv(stem.with_suffix(".csv"))
-    stem.with_suffix(".md").write_text(table.to_markdown() + "\n")
-    latex = table.to_latex(caption=caption, label=f"tab:{stem.name}").replace("±", r"$\pm$")
-    stem.with_suffix(".tex").write_text(latex.replace("%", r"\%").replace(r"\\%", r"\%"))
+AXIS_ROW = "real images (true % of pool)"
+
+
+def _axis_text(axis: pd.DataFrame, percent: float) -> str:
+    if percent not in axis.index or axis.loc[percent, "n_images"] is None:
+        return "–"
+    return f"{int(axis.loc[percent, 'n_images'])} ({axis.loc[percent, 'true_percent']:.3g} %)"
+
+
+def _zero_shot_table(zero: pd.DataFrame, config: StudyConfig, metric: str) -> pd.DataFrame:
+    cols = [c for c in (metric, "sim_real_test_acc", "gap", "sim_test_acc", "real_val_acc",
+                        "feature_mmd2") if c in zero]
+    rows = []
+    for spec in config.all_policies():
+        z = zero[zero["policy"] == spec.key]
+        if z.empty:
+            continue
+        row = {"policy": spec.key, "kind": "ablation" if spec in config.ablations else
+               "compared", "n": len(z)}
+        row.update({c: fmt(*ci95(z[c])[:2], bounds=bounds_of(c)) for c in cols})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("policy")
 
 
 def tsne_cells(config: StudyConfig) -> list[Cell]:
@@ -156,40 +179,55 @@ def _write_report(handle: StudyHandle, df: pd.DataFrame, tmp: Path) -> pd.DataFr
     (tmp / "tables").mkdir()
     (tmp / "figures").mkdir()
     df.to_csv(tmp / "cells.csv", index=False)
+    stamp = oracle_stamp(df)
     tabs = tables(df, config, metric)
-    captions = {"fraction_curves": f"{metric} vs labelled real fraction (mean ± 95 % CI)",
-                "zero_shot": "Policies at 0 % real data (mean ± 95 % CI)"}
+    head = {**headline(df, config, metric), "stamp": stamp or None}
+    tabs.update(headline_tables(head))
+    tabs["comparisons"] = comparisons_table(head)
     for name, table in tabs.items():
-        write_table(table, tmp / "tables" / name, captions[name])
-    head = headline(df, config, metric)
-    head_tables = headline_tables(head)
-    for name, table in head_tables.items():
-        write_table(table, tmp / "tables" / name, "Headline numbers (mean ± 95 % CI)")
-    (tmp / "headline.json").write_text(json.dumps(head, indent=2, default=_json) + "\n")
+        caption = CAPTIONS.get(name, "Headline numbers (mean ± 95 % CI; baseline needs: "
+                               "median [95 % bootstrap CI] over seed x bench)")
+        if stamp:
+            caption, table = f"{stamp.upper()}: {caption}", table.assign(selection=stamp)
+        write_table(table, tmp / "tables" / name, caption.format(metric=metric))
+    write_json(head, tmp / "headline.json")
     points = curve_points(df, config)
-    figs = _figures(df, points, config, metric, tmp / "figures")
-    figs += _tsne_figures(handle, df, tmp)
-    md = report_markdown(handle, df, grid_cells(config), tabs, head_tables, figs, metric)
+    figs = _figures(df, points, config, metric, tmp / "figures", stamp)
+    figs += _tsne_figures(handle, df, tmp, stamp)
+    md = report_markdown(handle, df, grid_cells(config), tabs, head, figs)
     (tmp / "report.md").write_text(md)
     return points
 
 
+CAPTIONS = {"fraction_curves": "{metric} vs labelled real fraction (mean ± 95 % CI)",
+            "zero_shot": "Policies at 0 % real data (mean ± 95 % CI)",
+            "comparisons": "Paired comparisons of {metric} over seed x bench (95 % CI)"}
+
+
+def oracle_stamp(df: pd.DataFrame) -> str:
+    """:data:`studies.protocol.ORACLE_STAMP` when any cell selected on real test, else ""."""
+    if "oracle_invalid" in df and (df["oracle_invalid"].fillna(0) > 0).any():
+        return ORACLE_STAMP
+    return ""
+
+
 def _figures(df: pd.DataFrame, points: pd.DataFrame, config: StudyConfig, metric: str,
-             folder: Path) -> list[tuple[str, str]]:
+             folder: Path, stamp: str = "") -> list[tuple[str, str]]:
     """(title, file stem) of the figures drawn into ``folder``."""
     figs = []
     if not points.empty:
-        figure_curves(points, config, metric, folder / "fraction_curves")
+        figure_curves(points, config, metric, folder / "fraction_curves", stamp)
         figs.append(("Fine-tune-fraction curves", "fraction_curves"))
     if (df["method"] == ZERO_SHOT).any():
-        figure_policies(df, config, metric, folder / "policies_zero_shot")
-        figure_gap(df, config, metric, folder / "sim_real_gap")
+        figure_policies(df, config, metric, folder / "policies_zero_shot", stamp)
+        figure_gap(df, config, metric, folder / "sim_real_gap", stamp)
         figs += [("Policies at 0 % (with ablations)", "policies_zero_shot"),
                  ("Sim vs real", "sim_real_gap")]
     return figs
 
 
-def _tsne_figures(handle: StudyHandle, df: pd.DataFrame, tmp: Path) -> list[tuple[str, str]]:
+def _tsne_figures(handle: StudyHandle, df: pd.DataFrame, tmp: Path,
+                  stamp: str = "") -> list[tuple[str, str]]:
     config = handle.config
     out = []
     by_cell = df.set_index("cell")
@@ -202,7 +240,7 @@ def _tsne_figures(handle: StudyHandle, df: pd.DataFrame, tmp: Path) -> list[tupl
             continue
         stem = f"tsne_{_slug(cell.policy)}"
         figure_tsne(got, f"t-SNE of features: {cell.id}", tmp / "figures" / stem,
-                    config.report.tsne_points)
+                    config.report.tsne_points, stamp=stamp)
         out.append((f"t-SNE, {cell.id}", stem))
     shutil.rmtree(tmp / "dl", ignore_errors=True)
     return out
@@ -212,36 +250,65 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in text)
 
 
-def _json(obj):
-    return None if isinstance(obj, float) and not math.isfinite(obj) else str(obj)
-
-
 def headline_tables(head: dict) -> dict[str, pd.DataFrame]:
-    """Two tables: per policy at 0 % (accuracy, gap, real data the baseline needs to match it)
-    and per curve (share of its 100 % accuracy reached at 1 % and 5 %)."""
+    """Two tables: per policy at 0 % (metric, gap, real data the baseline needs to match it:
+    median [95 % bootstrap interval] over seed x bench) and per curve (its share of the 100 %
+    result at each smaller fraction, see ``head["share_kind"]``)."""
     metric = head["metric"]
+    bounds = bounds_of(metric)
     rows = []
     for policy, s in head["zero_shot"].items():
-        row = {"policy": policy, f"{metric} at 0 %": fmt(s["mean"], s["ci95"])}
+        row = {"policy": policy, f"{metric} at 0 %": fmt(s["mean"], s["ci95"], s["n"], bounds)}
         gap = head["gap"].get(policy)
-        row["gap (sim − real)"] = fmt(gap["mean"], gap["ci95"]) if gap else "–"
-        for method, pct in head["baseline_needs"].get(policy, {}).items():
-            row[f"baseline needs (% real, {method})"] = (
-                "> largest fraction" if pct is None else f"{pct:.3g}")
+        row["gap (sim − real)"] = fmt(gap["mean"], gap["ci95"], gap["n"]) if gap else "–"
+        for method, needs in head["baseline_needs"].get(policy, {}).items():
+            row[f"baseline needs (% real, {method})"] = fmt_needs(needs)
         rows.append(row)
     per_policy = pd.DataFrame(rows).set_index("policy").fillna("–")
-    rows = [{"curve": curve, **{f"share of 100 % at {frac}": fmt(s["mean"], s["ci95"])
-                                for frac, s in reached.items()}}
+    images = {f"{row['percent']:g}%": row["n_images"] for row in head["fraction_axis"]}
+    rows = [{"curve": curve, **{f"share at {frac} ({images.get(frac, '?')} images)":
+                                fmt(s["mean"], s["ci95"], s["n"]) for frac, s in reached.items()}}
             for curve, reached in head["reached"].items()]
     per_curve = pd.DataFrame(rows).set_index("curve") if rows else pd.DataFrame()
     return {"headline_policies": per_policy, "headline_curves": per_curve.fillna("–")}
 
 
-def report_markdown(handle, df, expected, tabs, head_tables, figs, metric) -> str:
+def report_markdown(handle, df, expected, tabs, head, figs) -> str:
+    """report.md: the study, its findings (paired comparisons), headline, tables, figures."""
+    config, metric = handle.config, head["metric"]
+    head_tables = headline_tables(head)
+    lines = _intro(handle, df, expected)
+    if head.get("stamp"):
+        lines += [(f"**{head['stamp'].upper()}**: model selection read the real test split "
+                   "(`selection.adapt: oracle`); no number below is a valid result."), ""]
+    lines += ["## Findings", "", *findings(head), ""]
+    lines += [
+        "## Headline numbers",
+        "",
+        (f"Per policy: {metric} with no real data, the sim-to-real gap, and how much labelled "
+        "real data the no-augmentation baseline "
+        f"(`{config.report.baseline}`) needs to match it (per adaptation method; per seed and "
+        "bench on a log-fraction axis, median [95 % bootstrap interval]; '<' / '>': first "
+        "reached below the smallest / never reached up to the largest fraction)."),
+        "",
+        head_tables["headline_policies"].to_markdown(),
+        "",
+        (f"Per curve: its share of its own 100 % result, {head['share_kind']}"
+         + (f" with chance = {head['chance']:.3g}" if head.get("chance") else "")
+         + ", per seed and bench, then averaged."),
+        "",
+        head_tables["headline_curves"].to_markdown() if len(head_tables["headline_curves"])
+        else "(needs cells at 100 % and at a smaller positive fraction)",
+        "",
+    ]
+    return "\n".join(lines + _body(tabs, figs, metric))
+
+
+def _intro(handle, df, expected) -> list[str]:
     config = handle.config
     done = set(df["cell"])
     missing = [c.id for c in expected if c.id not in done]
-    lines = [
+    return [
         f"# simgap study report: {config.name}",
         "",
         f"- cells: **{len(done)} / {len(expected)}** complete"
@@ -254,30 +321,21 @@ def report_markdown(handle, df, expected, tabs, head_tables, figs, metric) -> st
         f"pool/val/test {config.data.real.pool}/{config.data.real.val}/{config.data.real.test}"),
         (f"- policies {[p.key for p in config.policies]}, ablations "
         f"{[p.key for p in config.ablations]}, methods {config.methods}"),
-        (f"- storage `{handle.storage_url}` (study `{handle.study_name}`), tracking "
-        f"`{handle.tracking_uri}` (parent run `{handle.parent_run_id}`)"),
+        (f"- storage `{mask_url(handle.storage_url)}` (study `{handle.study_name}`), tracking "
+        f"`{mask_url(handle.tracking_uri)}` (parent run `{handle.parent_run_id}`)"),
         "",
         ("Protocol: splits are fixed by `data.split_seed` and recorded; the nested real fractions "
         "are drawn per seed; model selection uses "
         f"`{config.selection.sim}` (sim) and `{config.selection.adapt}` (adaptation); the real "
         "test split is read once per cell, for the final numbers only.  Values are mean ± 95 % "
-        "CI (t distribution) over seeds x benches."),
-        "",
-        "## Headline numbers",
-        "",
-        (f"Per policy: {metric} with no real data, the sim-to-real gap, and how much labelled "
-        "real data the no-augmentation baseline "
-        f"(`{config.report.baseline}`) needs to match it (per adaptation method)."),
-        "",
-        head_tables["headline_policies"].to_markdown(),
-        "",
-        (f"Per curve: the share of its own 100 % {metric} reached with less real data "
-         "(per seed and bench, then averaged)."),
-        "",
-        head_tables["headline_curves"].to_markdown() if len(head_tables["headline_curves"])
-        else "(needs cells at 100 % and at a smaller positive fraction)",
+        "CI (t distribution) over seeds x benches, written mean [lo, hi] where the interval "
+        "was clipped to the metric's range; (n=k) marks fewer than 3 samples."),
         "",
     ]
+
+
+def _body(tabs, figs, metric) -> list[str]:
+    lines = []
     if "fraction_curves" in tabs:
         lines += [f"## {metric} vs labelled real fraction", "",
                   tabs["fraction_curves"].to_markdown(), ""]
@@ -286,9 +344,10 @@ def report_markdown(handle, df, expected, tabs, head_tables, figs, metric) -> st
     lines += ["## Figures", ""]
     for title, stem in figs:
         lines += [f"### {title}", "", f"![{title}](figures/{stem}.png)", ""]
-    lines += [("Tables as CSV / Markdown / LaTeX in `tables/`, figures as PNG / PDF in "
-              "`figures/`, raw per-cell numbers in `cells.csv`."), ""]
-    return "\n".join(lines)
+    lines += [("Tables as CSV / Markdown / LaTeX (booktabs) in `tables/`, figures as PNG / PDF "
+               "with their plotted numbers as CSV in `figures/`, the headline and every paired "
+               "comparison in `headline.json`, raw per-cell numbers in `cells.csv`."), ""]
+    return lines
 
 
 def _log_parent(handle: StudyHandle, points: pd.DataFrame, metric: str, dest: Path) -> None:

@@ -1,12 +1,23 @@
-"""Statistics of a study's cells: confidence intervals, fraction curves and the headline numbers.
+"""Statistics of a study's cells: intervals, paired comparisons, fraction curves, headline.
 
-Every (seed, bench) pair of a cell group is one sample; CI = t_{0.975, n-1} s / √n.  The input
-is the per-cell table :func:`studies.report.collect` builds (one row per completed cell).
+Every (seed, bench) pair is one sample.  All policies and methods of a seed and bench share the
+splits and the real fractions, so two cell groups are compared *paired*: d_i = a_i - b_i per
+(seed, bench), reported as the mean d̄ with the t interval d̄ ± t_{0.975, n-1} s_d / √n, the
+two-sided p of the paired t test (``scipy.stats.ttest_1samp`` of d against 0) and a percentile
+bootstrap interval of d̄ (pairs resampled, fixed seed).  Intervals of accuracies are clipped to
+[0, 1] (of their differences to [-1, 1]); fewer than 3 pairs is flagged (``few``).
+
+"Baseline needs" is computed per (seed, bench) on a log-fraction axis (:func:`needed_fraction`)
+and summarised by its median with a bootstrap interval (:func:`needed_summary`); a seed whose
+baseline never reaches the policy counts as "> largest fraction", never extrapolated.
+
+The input is the per-cell table :func:`studies.report.collect` builds (one row per cell).
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +25,12 @@ import pandas as pd
 from studies.config import ZERO_SHOT, StudyConfig
 
 STAT_KEYS = ("mean", "ci95", "n")
+N_BOOT = 4000
+FEW = 3  # fewer pairs than this: the interval is flagged
+PAIR = ["seed", "bench"]
+REFERENCE_METHOD = "finetune-full"  # each method is compared with this one
+#: Known class counts of the built-in sources (chance = 1 / classes).
+SOURCE_CLASSES = {"fashion-mnist": 10, "digits": 10}
 
 
 def ci95(values) -> tuple[float, float, int]:
@@ -29,16 +46,110 @@ def ci95(values) -> tuple[float, float, int]:
     return float(x.mean()), float(t.ppf(0.975, n - 1) * x.std(ddof=1) / math.sqrt(n)), n
 
 
-def summarize(df: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
-    """mean, ci95, n of ``metric`` per group of ``by`` (samples: seeds x benches)."""
+def bounds_of(metric: str) -> tuple[float, float] | None:
+    """The range a metric's values live in (accuracies: [0, 1]); None when unbounded."""
+    return (0.0, 1.0) if metric.endswith(("acc", "_accuracy")) else None
+
+
+def clip(lo: float, hi: float, bounds) -> tuple[float, float]:
+    if bounds is None:
+        return lo, hi
+    return (max(lo, bounds[0]) if np.isfinite(lo) else lo,
+            min(hi, bounds[1]) if np.isfinite(hi) else hi)
+
+
+def summarize(df: pd.DataFrame, by: list[str], metric: str, bounds=None) -> pd.DataFrame:
+    """mean, ci95, n and the (clipped) interval lo, hi of ``metric`` per group of ``by``."""
     rows = []
     if metric not in df:
-        return pd.DataFrame(columns=[*by, "mean", "ci95", "n"])
+        return pd.DataFrame(columns=[*by, "mean", "ci95", "n", "lo", "hi"])
+    bounds = bounds if bounds is not None else bounds_of(metric)
     for key, group in df.groupby(by, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         mean, ci, n = ci95(group[metric])
-        rows.append({**dict(zip(by, key)), "mean": mean, "ci95": ci, "n": n})
+        lo, hi = clip(mean - ci, mean + ci, bounds)
+        rows.append({**dict(zip(by, key)), "mean": mean, "ci95": ci, "n": n, "lo": lo, "hi": hi})
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------- paired
+def bootstrap_ci(x: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of the mean of ``x`` (NaN for n < 2)."""
+    x = np.asarray(x, dtype=float)
+    if len(x) < 2:
+        return math.nan, math.nan
+    if np.ptp(x) <= 1e-12:
+        return float(x.mean()), float(x.mean())
+    from scipy.stats import bootstrap
+
+    res = bootstrap((x,), np.mean, n_resamples=N_BOOT, method="percentile",
+                    rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def paired(a: pd.Series, b: pd.Series, bounds=None) -> dict:
+    """Paired comparison of ``a`` - ``b`` (both indexed by seed and bench; unmatched dropped).
+
+    mean, t interval (t_lo, t_hi), bootstrap interval (boot_lo, boot_hi), p, n, few, and
+    excludes_zero (of the t interval).  ``bounds`` of the values clip the difference to
+    [lo - hi, hi - lo]."""
+    d = (a - b).dropna().to_numpy(dtype=float)
+    n = len(d)
+    out = {"mean": float(d.mean()) if n else math.nan, "n": n, "few": n < FEW}
+    mean, half, _ = ci95(d)
+    span = None if bounds is None else (bounds[0] - bounds[1], bounds[1] - bounds[0])
+    out["t_lo"], out["t_hi"] = clip(mean - half, mean + half, span)
+    out["boot_lo"], out["boot_hi"] = clip(*bootstrap_ci(d), span)
+    out["p"] = math.nan
+    if n >= 2 and np.ptp(d) > 1e-12:  # below: equal up to rounding
+        from scipy.stats import ttest_1samp
+
+        out["p"] = float(ttest_1samp(d, 0.0).pvalue)
+    elif n >= 2 and d[0] != 0:
+        out["p"] = 0.0  # every pair differs by the same non-zero amount
+    out["excludes_zero"] = bool(out["t_lo"] > 0 or out["t_hi"] < 0)
+    return out
+
+
+def _series(df: pd.DataFrame, metric: str, **where) -> pd.Series:
+    rows = df
+    for column, value in where.items():
+        if column == "fraction":
+            rows = rows[np.isclose(rows["fraction"], value)]
+        else:
+            rows = rows[rows[column] == value]
+    return rows.groupby(PAIR)[metric].mean()
+
+
+def comparisons(df: pd.DataFrame, config: StudyConfig, metric: str) -> list[dict]:
+    """Every paired claim of the headline: each policy vs the baseline at 0 %, and each method
+    vs ``finetune-full`` (same policy; real-only: the reference policy) at each fraction."""
+    if df.empty or metric not in df:
+        return []
+    bounds = bounds_of(metric)
+    base = config.report.baseline
+    out = []
+    for spec in config.all_policies():
+        if spec.key == base:
+            continue
+        a = _series(df, metric, policy=spec.key, method=ZERO_SHOT)
+        b = _series(df, metric, policy=base, method=ZERO_SHOT)
+        if len(a) and len(b):
+            out.append({"kind": "policy", "a": spec.key, "b": base, "fraction": 0.0,
+                        **paired(a, b, bounds)})
+    if REFERENCE_METHOD not in config.methods:
+        return out
+    for method in [m for m in config.methods if m != REFERENCE_METHOD]:
+        policies = ([config.reference_policy] if method == "real-only"
+                    else [p.key for p in config.policies])
+        for policy in policies:
+            for frac in [f for f in config.fractions if f > 0]:
+                a = _series(df, metric, policy=policy, method=method, fraction=frac)
+                b = _series(df, metric, policy=policy, method=REFERENCE_METHOD, fraction=frac)
+                if len(a) and len(b):
+                    out.append({"kind": "method", "a": method, "b": REFERENCE_METHOD,
+                                "policy": policy, "fraction": frac, **paired(a, b, bounds)})
+    return out
 
 
 # ---------------------------------------------------------------------------------- curves
@@ -69,36 +180,132 @@ def curve_order(config: StudyConfig) -> list[str]:
     return names + (["real-only"] if "real-only" in config.methods else [])
 
 
-def needed_percent(percent: np.ndarray, mean: np.ndarray, target: float) -> float | None:
-    """Smallest % of real data at which the (mean) curve reaches ``target``, interpolating
-    linearly between measured fractions; None when even the largest fraction falls short."""
-    for i, (p, m) in enumerate(zip(percent, mean)):
-        if m >= target - 1e-6:  # equal up to rounding counts as reached
-            if i == 0 or m <= target:
-                return float(p)
-            p0, m0 = percent[i - 1], mean[i - 1]
-            return float(p0 + (target - m0) * (p - p0) / (m - m0))
-    return None
+def fraction_axis(df: pd.DataFrame, config: StudyConfig) -> pd.DataFrame:
+    """Per nominal fraction: percent, the labelled real images it holds (median
+    ``n_real_pool`` of its cells, else ``n_real_train``) and the true percent of the pool they
+    are (nominal when no cell recorded a count)."""
+    rows = []
+    column = next((c for c in ("n_real_pool", "n_real_train") if c in df), None)
+    for frac in sorted(config.fractions):
+        at = df[np.isclose(df["fraction"], frac)] if not df.empty else df
+        n = at[column].median() if column and len(at) else math.nan
+        true = 100.0 * n / config.data.real.pool if np.isfinite(n) else 100.0 * frac
+        rows.append({"fraction": frac, "percent": 100.0 * frac,
+                     "n_images": None if not np.isfinite(n) else int(n), "true_percent": true})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------- needs
+def needed_fraction(fractions, values, target: float) -> tuple[float, str]:
+    """(fraction, relation) of real data at which one curve first reaches ``target``.
+
+    ``fractions`` ascending, starting at 0 (the policy-free zero-shot point).  Between two
+    positive fractions the crossing is interpolated linearly in log fraction:
+    log f = log f0 + (target - m0) / (m1 - m0) (log f1 - log f0).  Reached at 0: (0, "=");
+    first reached at the smallest positive fraction: (smallest, "<"); never: (largest, ">")."""
+    f, m = np.asarray(fractions, dtype=float), np.asarray(values, dtype=float)
+    for i in range(len(f)):
+        if m[i] < target - 1e-9:  # equal up to rounding counts as reached
+            continue
+        if f[i] == 0.0:
+            return 0.0, "="
+        if m[i] <= target + 1e-9:
+            return float(f[i]), "="
+        if i == 0 or f[i - 1] == 0.0:
+            return float(f[i]), "<"
+        lf0, lf1 = math.log(f[i - 1]), math.log(f[i])
+        return float(math.exp(lf0 + (target - m[i - 1]) / (m[i] - m[i - 1]) * (lf1 - lf0))), "="
+    return float(f[-1]), ">"
+
+
+_ZERO, _BELOW, _ABOVE = -1e9, -1e6, 1e6  # codes of the censored answers (log10 scale)
+
+
+def _code(value: float, relation: str) -> float:
+    if relation == ">":
+        return _ABOVE
+    if relation == "<":
+        return _BELOW
+    return _ZERO if value == 0.0 else math.log10(value)
+
+
+def _decode(code: float, smallest: float, largest: float) -> dict:
+    if code >= _ABOVE:
+        return {"value": largest, "relation": ">"}
+    if code <= _ZERO:
+        return {"value": 0.0, "relation": "="}
+    if code <= _BELOW:
+        return {"value": smallest, "relation": "<"}
+    return {"value": float(10 ** code), "relation": "="}
+
+
+def needed_summary(answers: list[tuple[float, str]], seed: int = 0) -> dict:
+    """Median over (seed, bench) of :func:`needed_fraction` answers and its 95 % percentile
+    bootstrap interval (pairs resampled; quantiles taken as observed values, so a censored
+    answer stays censored).  Values in fraction units, each as {value, relation}."""
+    if not answers:
+        return {"median": None, "lo": None, "hi": None, "n": 0, "few": True}
+    codes = np.array([_code(v, r) for v, r in answers])
+    positive = [v for v, r in answers if v > 0] or [0.0]
+    smallest, largest = min(positive), max(positive)
+    q = lambda x, p: np.quantile(x, p, axis=-1, method="inverted_cdf")
+    out = {"median": _decode(float(q(codes, 0.5)), smallest, largest), "n": len(codes),
+           "few": len(codes) < FEW}
+    rng = np.random.default_rng(seed)
+    medians = q(codes[rng.integers(0, len(codes), (N_BOOT, len(codes)))], 0.5)
+    lo, hi = np.quantile(medians, [0.025, 0.975], method="inverted_cdf")
+    out["lo"], out["hi"] = _decode(float(lo), smallest, largest), _decode(float(hi), smallest,
+                                                                           largest)
+    return out
 
 
 # ---------------------------------------------------------------------------------- headline
+def chance_level(df: pd.DataFrame, config: StudyConfig) -> float | None:
+    """1 / number of classes (a ``num_classes`` column, else the source's known count, else
+    the class folders of ``folder:PATH``); None when unknown."""
+    if "num_classes" in df and df["num_classes"].notna().any():
+        return 1.0 / float(df["num_classes"].median())
+    source = config.data.source
+    if source in SOURCE_CLASSES:
+        return 1.0 / SOURCE_CLASSES[source]
+    root = Path(source.split(":", 1)[1]).expanduser() if source.startswith("folder:") else None
+    classes = [p for p in root.iterdir() if p.is_dir()] if root and root.is_dir() else []
+    return 1.0 / len(classes) if classes else None
+
+
+def share(at: pd.Series, full: pd.Series, metric: str, chance: float | None) -> pd.Series:
+    """Share of the 100 % result: (acc - chance) / (acc100 - chance) for accuracies; for PSNR
+    the MSE ratio MSE100 / MSE = 10^((psnr - psnr100) / 10) (1: as good as all real data)."""
+    if metric.endswith("psnr"):
+        return 10.0 ** ((at - full) / 10.0)
+    c = chance or 0.0
+    return (at - c) / (full - c)
+
+
 def headline(df: pd.DataFrame, config: StudyConfig, metric: str) -> dict:
-    """The headline numbers of docs/DESIGN.md section 6 (mean, ci95, n where it applies):
-    each policy at 0 % and its sim-to-real gap, the share of a curve's 100 % value reached at
-    the smaller fractions, and the real data the baseline needs to match each policy."""
+    """The headline numbers of docs/DESIGN.md section 6 (see the module docstring)."""
     zero_shot, gap = _zero_shot(df, config, metric)
     points = curve_points(df, config)
+    chance = chance_level(df, config) if not metric.endswith("psnr") else None
     return {
         "metric": metric,
+        "chance": chance,
+        "share_kind": ("MSE(100 %) / MSE" if metric.endswith("psnr") else
+                       "(acc - chance) / (acc100 - chance)" if chance else
+                       "acc / acc100 (number of classes unknown: not chance-corrected)"),
+        "fraction_axis": fraction_axis(df, config).to_dict("records"),
         "zero_shot": zero_shot,
         "gap": gap,
-        "reached": _reached(points, config, metric),
-        "baseline_needs": _baseline_needs(points, config, metric, zero_shot),
+        "comparisons": comparisons(df, config, metric),
+        "reached": _reached(points, config, metric, chance),
+        "baseline_needs": _baseline_needs(df, points, config, metric),
     }
 
 
-def _stat(values) -> dict:
-    return dict(zip(STAT_KEYS, ci95(values)))
+def _stat(values, bounds=None) -> dict:
+    mean, ci, n = ci95(values)
+    lo, hi = clip(mean - ci, mean + ci, bounds)
+    return {"mean": mean, "ci95": ci, "n": n, "lo": lo, "hi": hi, "few": n < FEW}
 
 
 def _zero_shot(df: pd.DataFrame, config: StudyConfig, metric: str) -> tuple[dict, dict]:
@@ -108,23 +315,23 @@ def _zero_shot(df: pd.DataFrame, config: StudyConfig, metric: str) -> tuple[dict
         z = zero[zero["policy"] == spec.key] if not zero.empty else zero
         if z.empty:
             continue
-        zero_shot[spec.key] = _stat(z[metric])
+        zero_shot[spec.key] = _stat(z[metric], bounds_of(metric))
         if "gap" in z:
             gap[spec.key] = _stat(z["gap"])
     return zero_shot, gap
 
 
-def _reached(points: pd.DataFrame, config: StudyConfig, metric: str) -> dict:
-    """Per curve and fraction below 100 %: value / value at 100 %, per seed and bench."""
+def _reached(points: pd.DataFrame, config: StudyConfig, metric: str, chance) -> dict:
+    """Per curve and fraction below 100 %: :func:`share` per seed and bench, then averaged."""
     out = {}
     for curve, group in points.groupby("curve", sort=False) if not points.empty else []:
-        full = group[group["fraction"] == 1.0].set_index(["seed", "bench"])[metric]
+        full = group[group["fraction"] == 1.0].groupby(PAIR)[metric].mean()
         if full.empty:
             continue
         reached = {}
         for frac in [f for f in config.fractions if 0.0 < f < 1.0]:  # docs/DESIGN.md: 1 % and 5 %
-            at = group[np.isclose(group["fraction"], frac)].set_index(["seed", "bench"])[metric]
-            ratio = (at / full).dropna()
+            at = group[np.isclose(group["fraction"], frac)].groupby(PAIR)[metric].mean()
+            ratio = share(at, full, metric, chance).replace([np.inf, -np.inf], np.nan).dropna()
             if len(ratio):
                 reached[f"{frac * 100:g}%"] = _stat(ratio)
         if reached:
@@ -132,24 +339,39 @@ def _reached(points: pd.DataFrame, config: StudyConfig, metric: str) -> dict:
     return out
 
 
-def _baseline_needs(points: pd.DataFrame, config: StudyConfig, metric: str,
-                    zero_shot: dict) -> dict:
-    """Per policy and method: the % of real data the baseline's curve needs to reach the
-    policy's mean at 0 % (None: more than the largest fraction)."""
+def _baseline_needs(df: pd.DataFrame, points: pd.DataFrame, config: StudyConfig,
+                    metric: str) -> dict:
+    """Per policy and method: per (seed, bench), the true fraction of real data the baseline's
+    curve needs to reach that policy's own 0 % value there; summarised by :func:`needed_summary`
+    (values in percent)."""
     out: dict = {}
     if points.empty:
         return out
+    axis = fraction_axis(df, config).set_index("fraction")["true_percent"] / 100.0
     base = config.report.baseline
-    means = summarize(points, ["curve", "percent"], metric)
+    zero = df[df["method"] == ZERO_SHOT]
     for method in [m for m in config.methods if m != "real-only"]:
-        base_curve = means[means["curve"] == f"{base}/{method}"].sort_values("percent")
-        if base_curve.empty:
+        curve = points[points["curve"] == f"{base}/{method}"]
+        if curve.empty:
             continue
         for spec in config.all_policies():
-            if spec.key == base or spec.key not in zero_shot:
+            if spec.key == base:
                 continue
-            target = zero_shot[spec.key]["mean"]
-            out.setdefault(spec.key, {})[method] = needed_percent(
-                base_curve["percent"].to_numpy(), base_curve["mean"].to_numpy(), target
-            )
+            targets = zero[zero["policy"] == spec.key].groupby(PAIR)[metric].mean()
+            answers = []
+            for pair, target in targets.items():
+                own = curve[(curve["seed"] == pair[0]) & (curve["bench"] == pair[1])]
+                own = own.groupby("fraction")[metric].mean().sort_index()
+                if len(own) and own.index[0] == 0.0:
+                    true = [float(axis.get(f, f)) if f > 0 else 0.0 for f in own.index]
+                    answers.append(needed_fraction(true, own.to_numpy(), float(target)))
+            if answers:
+                out.setdefault(spec.key, {})[method] = _percent(needed_summary(answers))
     return out
+
+
+def _percent(summary: dict) -> dict:
+    for key in ("median", "lo", "hi"):
+        if summary.get(key):
+            summary[key] = {**summary[key], "value": 100.0 * summary[key]["value"]}
+    return summary

@@ -18,6 +18,8 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
+from baselines import hparams
+from harness.data.splits import nested_fractions
 from harness.datasets import RealSplits
 from studies import cells as study_cells
 from studies import grid, queue, storage, tune
@@ -27,7 +29,8 @@ from studies.tune import run_tuning
 from tests.studies.tiny import TINY
 
 pytestmark = pytest.mark.slow
-METRICS = ["real_test_acc", "real_val_acc", "n_real_train", "sim_real_test_acc", "gap"]
+METRICS = ["real_test_acc", "n_real_labels", "adapt_steps", "n_real_train", "sim_real_test_acc",
+           "gap"]
 
 
 @pytest.fixture(scope="module")
@@ -195,8 +198,9 @@ def test_report_is_built_from_the_stores(resumed, env):
 
 
 def test_tuning_never_reads_real_test(tmp_path, monkeypatch, env):
+    """A study that declares real val as an extra label cost tunes on it, never on test."""
     monkeypatch.setenv("SIMGAP_CACHE", env["SIMGAP_CACHE"])
-    config = parse_config({**TINY, "seeds": [0]})
+    config = parse_config({**TINY, "seeds": [0], "selection": {"adapt": "real-val"}})
     clean = study_cells.study_data(config)
     images = clean.images.images.clone()
     images[clean.splits["test"]] = float("nan")  # poisoned: any use of real test shows
@@ -220,7 +224,32 @@ def test_tuning_never_reads_real_test(tmp_path, monkeypatch, env):
     tuned = yaml.safe_load(result["path"].read_text())
     study = optuna.load_study(study_name=tuned["tuning"]["study"],
                               storage=tuned["tuning"]["storage"])
-    assert len(study.trials) == 3 and tuned["tuning"]["real_val_acc"] == study.best_value
+    assert len(study.trials) == 3 and tuned["tuning"]["value"] == study.best_value
+    assert tuned["tuning"]["protocol"] == "real-val" and tuned["tuning"]["real_labels"] == 40
     spec = parse_config({**TINY, "policies": ["none", {"file": result["path"].name}]},
                         "s.yaml", result["path"].parent).policy("physics-tuned")
     assert spec.strengths == tuned["strengths"] and spec.lr == tuned["lr"]
+
+
+def test_default_tuning_spends_no_real_label(tmp_path, monkeypatch, env):
+    """The default protocol: a policy is tuned without one real label, a method within its
+    fraction; the registry's search space drives the suggestions; real test is never read."""
+    monkeypatch.setenv("SIMGAP_CACHE", env["SIMGAP_CACHE"])
+    config = parse_config({**TINY, "seeds": [0], "methods": ["finetune-full", "siamese"]})
+    seen = []
+    real_capture = tune.capture_dataset
+    monkeypatch.setattr(tune, "capture_dataset",
+                        lambda *a, **k: seen.append(set(a[3])) or real_capture(*a, **k))
+    monkeypatch.setattr(RealSplits, "for_final_evaluation",
+                        lambda self: pytest.fail("tuning asked for real test"))
+    result = run_tuning(config, tmp_path / "policy", trials=2)
+    assert seen == [] and result["real_labels"] == 0 and result["protocol"] == "sim-val"
+    result = run_tuning(config, tmp_path / "method", trials=2, method="siamese", fraction=0.1)
+    doc = yaml.safe_load(result["path"].read_text())
+    assert set(doc["hparams"]["siamese"]) == set(hparams.METHOD_HPARAMS["siamese"])
+    assert doc["tuning"]["protocol"] == "real-val-from-budget"
+    pool_labels = study_cells.study_data(config).images.labels[
+        study_cells.study_data(config).splits["pool"]]
+    fraction = nested_fractions(torch.arange(len(pool_labels)), pool_labels, [0.1], 0)[0.1]
+    assert doc["tuning"]["real_labels"] == len(fraction) < 30  # the 10 % fraction, no more
+    assert parse_config({**TINY, "hparams": doc["hparams"]}).hparams == doc["hparams"]

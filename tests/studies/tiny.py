@@ -11,7 +11,7 @@ TINY = {
              "real": {"pool": 150, "val": 40, "test": 80}},
     "model": {"channels": 2, "mask_init": "edge"},
     "training": {"epochs": 6, "batch_size": 16, "lr": 0.003},
-    "adapt": {"epochs": 2, "batch_size": 16, "lr": 0.003},
+    "adapt": {"steps": 6, "evals": 2, "batch_size": 16, "lr": 0.003},
     "policies": ["none", "physics"],
     "methods": ["finetune-head", "real-only"],
     "fractions": [0, 0.1, 1.0],
