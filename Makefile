@@ -1,6 +1,7 @@
 # simgap: set up, test, run the default study.
-#   make setup   create .venv (torch/torchvision pair first, then the package with dev extras)
-#                and install Debian's Fashion-MNIST when running as root with apt
+#   make setup   create .venv (torch/torchvision pair first, then the package with dev and
+#                postgres extras) and install Debian's Fashion-MNIST and PostgreSQL server
+#                when running as root with apt
 #   make test    setup + pytest
 #   make study   setup + the default quick study
 #   make lint    ruff
@@ -18,9 +19,9 @@ PIP := $(PY) -m pip
 TORCH_STAMP := $(VENV)/.stamp-torch
 INSTALL_STAMP := $(VENV)/.stamp-install
 
-.PHONY: setup venv data test study lint
+.PHONY: setup venv data postgres test study lint
 
-setup: $(INSTALL_STAMP) data
+setup: $(INSTALL_STAMP) data postgres
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +34,7 @@ $(TORCH_STAMP): Makefile | $(PY)
 # Re-installed only when pyproject.toml (or the torch pair) changes; the pair is pinned again
 # so the resolver cannot swap it.
 $(INSTALL_STAMP): pyproject.toml $(TORCH_STAMP)
-	$(PIP) install -e '.[dev]' $(TORCH_SPEC)
+	$(PIP) install -e '.[dev,postgres]' $(TORCH_SPEC)
 	@touch $@
 
 venv: $(INSTALL_STAMP)
@@ -51,6 +52,22 @@ data:
 		|| echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST studies need --data-root"; \
 	else \
 		echo "note: Fashion-MNIST not found; run 'sudo apt-get install dataset-fashion-mnist' or set SIMGAP_DATA=PATH"; \
+	fi
+
+# Debian's PostgreSQL server, for the test of a study on PostgreSQL (.ci/run starts one on
+# 127.0.0.1); skipped with a note without root or apt.
+PG_BIN ?= $(lastword $(sort $(wildcard /usr/lib/postgresql/*/bin)))
+postgres:
+	@if [ -n "$(PG_BIN)" ] && [ -x "$(PG_BIN)/initdb" ]; then \
+		exit 0; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian package postgresql"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y --no-install-recommends postgresql \
+		|| { apt-get update && apt-get install -y --no-install-recommends postgresql; } \
+		|| echo "warning: could not install postgresql; the PostgreSQL study test is skipped"; \
+	else \
+		echo "note: no PostgreSQL server; the PostgreSQL study test is skipped"; \
 	fi
 
 test: setup

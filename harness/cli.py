@@ -8,6 +8,7 @@ as one line on stderr and the process exits with code 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -51,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("simgap: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        print(f"simgap: error: {exc.filename or 'disk'}: no space left on device", file=sys.stderr)
+        return SimgapError.exit_code
     return int(result or 0)
 
 

@@ -138,6 +138,24 @@ class FrameData(Data):
             input_ids=None if self.input_ids is None else self.input_ids[index],
         )
 
+    def holdout(self, share: float, seed: int) -> tuple[FrameData, FrameData]:
+        """(train, val) drawn from these frames only: per class with n_c >= 2 frames,
+        max(1, round(share · n_c)) go to val (at most n_c − 1); val is tagged ``budget-val``.
+        The selection split of ``real-val-from-budget``: it spends no label outside ``self``."""
+        generator = torch.Generator().manual_seed(seed + 31337)
+        val_rows: list[torch.Tensor] = []
+        for c in torch.unique(self.labels):
+            rows = (self.labels == c).nonzero().flatten()
+            if len(rows) < 2:
+                continue
+            k = min(len(rows) - 1, max(1, round(share * len(rows))))
+            val_rows.append(rows[torch.randperm(len(rows), generator=generator)[:k]])
+        val_index = torch.cat(val_rows) if val_rows else torch.empty(0, dtype=torch.long)
+        keep = torch.ones(len(self), dtype=torch.bool)
+        keep[val_index] = False
+        val = self.subset(val_index.sort().values)
+        return self.subset(keep.nonzero().flatten()), replace(val, split="budget-val")
+
     def batch_frames(self, model, index, policy, generator, train: bool) -> torch.Tensor:
         return self.frames[index].to(model_device(model))
 

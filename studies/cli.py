@@ -5,7 +5,7 @@
     simgap study status STUDY_DIR_OR_URL                     cells done / running / waiting / failed
     simgap study report STUDY_DIR                            (re)build the report from the stores
     simgap study check [CONFIG]                              validate a config, print the grid size
-    simgap tune [CONFIG] [--trials N]                        TPE over policy strengths (real val)
+    simgap tune [CONFIG] [--trials N] [--method M]           TPE over a policy / method
 
 CONFIG is a YAML file or a preset name (``quick``, the default, or ``paper``).
 """
@@ -17,12 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-from harness.errors import SimgapError
+from studies.checks import check_config, check_config_file, check_workers
 from studies.config import load_config, resolve_config_path, validate_components
 from studies.grid import grid_cells
 from studies.queue import grid_summary, requeue_stale, trial_counts
 from studies.report import build_report
-from studies.storage import open_study
+from studies.storage import check_study_folder, open_study
 from studies.tune import run_tuning
 from studies.worker import run_study, run_worker
 
@@ -38,17 +38,21 @@ def _setup_logging() -> None:
 
 
 def _load(config_arg):
+    """Read and check a config (everything a cell would fail on) before anything is written."""
+    where = str(resolve_config_path(config_arg))
+    check_config_file(resolve_config_path(config_arg))
     config = load_config(config_arg)
-    validate_components(config, str(resolve_config_path(config_arg)))
+    validate_components(config, where)
+    check_config(config, where)
     return config
 
 
 def _cmd_run(args) -> int:
     _setup_logging()
+    check_workers(args.workers)
     config = _load(args.config)
-    if args.workers < 1:
-        raise SimgapError(f"--workers: must be at least 1, got {args.workers}")
     out = Path(args.out) if args.out else Path("runs") / config.name
+    check_study_folder(out)
     n = len(grid_cells(config))
     print(f"study {config.name}: {n} cells, {args.workers} worker(s), folder {out}", flush=True)
     t0 = time.time()
@@ -105,9 +109,10 @@ def _cmd_tune(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{config.name}-tune"
     result = run_tuning(config, out, trials=args.trials, policy=args.policy, seed=args.seed,
                         storage=args.storage, tracking_uri=args.tracking_uri,
-                        bench_seed=args.bench_seed)
-    print(f"best real-val accuracy {result['value']:.4f} (trial {result['trial']})")
-    print(f"tuned policy: {result['path']}")
+                        bench_seed=args.bench_seed, method=args.method, fraction=args.fraction)
+    print(f"best objective ({result['protocol']}, {result['real_labels']} real labels) "
+          f"{result['value']:.4f} (trial {result['trial']})")
+    print(f"tuned {'method' if args.method else 'policy'}: {result['path']}")
     return 0
 
 
@@ -156,11 +161,14 @@ def add_cli(subparsers) -> None:
     check.add_argument("config", nargs="?", default=None)
     check.set_defaults(func=_cmd_check)
 
-    tune = subparsers.add_parser("tune", help="tune policy strengths (TPE, objective: real val)")
+    tune = subparsers.add_parser("tune", help="tune a policy or method (TPE)")
     tune.add_argument("config", nargs="?", default=None, help="study YAML or preset name")
     tune.add_argument("--out", help="tuning folder (default runs/<name>-tune)")
     tune.add_argument("--trials", type=int, default=20)
     tune.add_argument("--policy", default="physics", help="registered policy to tune")
+    tune.add_argument("--method", help="tune this adaptation method instead of a policy")
+    tune.add_argument("--fraction", type=float,
+                      help="real fraction a method is tuned at (default: the smallest > 0)")
     tune.add_argument("--seed", type=int, help="training seed (default: the config's first)")
     tune.add_argument("--bench-seed", type=int, help="bench seed (default: the config's first)")
     tune.add_argument("--storage", help="Optuna storage URL (default sqlite in the folder)")

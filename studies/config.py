@@ -22,13 +22,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-import baselines
 from augment.policy import build_policy
 from harness.data import SOURCES
 from harness.errors import SimgapError
 from harness.lab.bench import MASK_INITS
 from harness.lab.bench import PRESETS as BENCH_PRESETS
 from harness.optics import OpticsConfig
+from studies.protocol import AdaptBudget, SelectionConfig, check_methods
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 PRESETS = ("quick", "paper")
@@ -139,15 +139,6 @@ class BenchConfig(_Strict):
         return _unique_nonempty(v)
 
 
-class SelectionConfig(_Strict):
-    """Model selection; real test is never used.  ``sim``: epoch of the sim model (sim val or
-    the last); ``adapt``: epoch of an adapted model (real val, which a method with real data may
-    use, or the last)."""
-
-    sim: Literal["sim-val", "last"] = "sim-val"
-    adapt: Literal["real-val", "last"] = "real-val"
-
-
 class GridConfig(_Strict):
     """Liveness of workers: a running cell refreshes its heartbeat every ``heartbeat_s``; a cell
     whose heartbeat is older than ``stale_after_s`` (or whose local worker process is gone) is
@@ -170,7 +161,9 @@ class StudyConfig(_Strict):
     optics: OpticsConfig = OpticsConfig()
     model: ModelConfig = ModelConfig()
     training: Budget = Budget()
-    adapt: Budget = Budget(epochs=5, batch_size=32, lr=1e-3)
+    adapt: AdaptBudget = AdaptBudget()
+    hparams: dict[str, dict[str, float | bool | str]] = Field(
+        {}, description="per method: overrides of baselines.hparams defaults")
     policies: list[PolicySpec] = [PolicySpec(name="none"), PolicySpec(name="physics")]
     ablations: list[PolicySpec] = Field([], description="policies evaluated at 0 % only")
     methods: list[Literal["finetune-head", "finetune-full", "real-only", "siamese"]] = [
@@ -364,11 +357,7 @@ def validate_components(config: StudyConfig, where: str = "config") -> None:
             f"{where}: model.mask_init: {config.model.mask_init!r} is not one of "
             f"{', '.join(MASK_INITS)} or an existing mask file"
         )
-    for method in config.methods:
-        if method not in baselines.METHODS:
-            raise SimgapError(
-                f"{where}: methods: {method!r} is not one of {', '.join(baselines.METHODS)}"
-            )
+    check_methods(config, where)
     if config.bench.preset not in BENCH_PRESETS:
         raise SimgapError(
             f"{where}: bench.preset: {config.bench.preset!r} is not one of "
@@ -385,3 +374,4 @@ def validate_components(config: StudyConfig, where: str = "config") -> None:
             raise SimgapError(f"{where}: report.tsne: {label!r} is not a policy label")
     if 0.0 not in config.fractions and config.ablations:
         raise SimgapError(f"{where}: ablations: need fraction 0 in fractions")
+

@@ -103,8 +103,12 @@ def claim(handle: StudyHandle, last_group: tuple | None) -> optuna.Trial | None:
         g = group(t.system_attrs.get("fixed_params", {}))
         return (0 if g == last_group else 1 if g not in busy else 2, t.number)
 
+    me = worker_identity()
     for t in sorted(waiting, key=rank):
         try:
+            # who tries to claim, written before the claim: a claimant killed before
+            # mark_started is then known to be gone at once (no wait of stale_after_s)
+            storage.set_trial_user_attr(t._trial_id, claimant_key(me), me)
             if storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
                 return optuna.Trial(study, t._trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -161,16 +165,31 @@ def worker_identity() -> dict:
             "start": process_start(os.getpid())}
 
 
+def claimant_key(identity: dict) -> str:
+    return f"claimant:{identity['host']}:{identity['boot'][:8]}:{identity['pid']}"
+
+
+def local_and_gone(worker: dict) -> bool:
+    """True when ``worker`` ran on this machine (same boot) and its process is gone."""
+    if worker.get("host") != socket.gethostname() or worker.get("boot", "") != _boot_id():
+        return False
+    start = process_start(int(worker["pid"]))
+    return start is None or (start != "?" and start != worker.get("start"))
+
+
 def is_stale(trial: optuna.trial.FrozenTrial, now: float, stale_after: float) -> bool:
-    """A RUNNING trial whose local worker process is gone or whose heartbeat is too old."""
+    """A RUNNING trial whose local worker process is gone or whose heartbeat is too old.  A
+    trial claimed but not yet started is stale at once when every process that tried to claim
+    it is a local one that is gone, else after ``stale_after`` from the claim."""
     worker = trial.user_attrs.get("worker")
-    if not worker:  # claimed but not yet started: judge by the claim time
+    if not worker:
+        claimants = [v for k, v in trial.user_attrs.items() if k.startswith("claimant:")]
+        if claimants and all(local_and_gone(c) for c in claimants):
+            return True
         started = trial.datetime_start.timestamp() if trial.datetime_start else now
         return now - started > stale_after
-    if worker.get("host") == socket.gethostname() and worker.get("boot", "") == _boot_id():
-        start = process_start(int(worker["pid"]))
-        if start is None or (start != "?" and start != worker.get("start")):
-            return True
+    if local_and_gone(worker):
+        return True
     return now - float(trial.user_attrs.get("heartbeat", now)) > stale_after
 
 
@@ -250,6 +269,28 @@ def _requeue(handle: StudyHandle, trial: optuna.trial.FrozenTrial, reason: str) 
             log.warning("could not mark MLflow run %s killed: %s", run_id, first_line(exc))
     cells = [c for c in grid_cells(handle.config) if c.id == cell]
     enqueue(handle, cells, {"retry_of": trial.number})
+
+
+def reconcile_runs(handle: StudyHandle) -> dict[str, str]:
+    """End the cell runs a killed worker left RUNNING: FINISHED when their trial completed with
+    them (killed between ``tell`` and ending the run), KILLED when their trial is no longer
+    running (killed before the run id was recorded, or re-queued).  Returns {run id: status}."""
+    tracker = handle.tracking()
+    trials = {t.number: t for t in handle.study.get_trials(deepcopy=False)}
+    ended = {}
+    for run in tracker.running_cells(handle.parent_run_id):
+        run_id = run.info.run_id
+        number = run.data.tags.get("simgap.trial", "")
+        trial = trials.get(int(number)) if number.isdigit() else None
+        if trial is not None and trial.state in (TrialState.RUNNING, TrialState.WAITING):
+            continue  # its worker may still be at it; requeue_stale decides
+        mine = trial is not None and trial.user_attrs.get("mlflow_run_id") == run_id
+        status = "FINISHED" if mine and trial.state == TrialState.COMPLETE else "KILLED"
+        tracker.set_status(run_id, status)
+        ended[run_id] = status
+    if ended:
+        log.warning("ended %d cell run(s) a stopped worker left running", len(ended))
+    return ended
 
 
 # ---------------------------------------------------------------------------------- state

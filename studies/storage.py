@@ -23,6 +23,9 @@ from harness.files import write_json, write_text
 from studies import tracking
 from studies.config import StudyConfig, load_config, parse_config
 from studies.grid import search_space
+from studies.urls import export_password, mask_url, split_password
+
+__all__ = ["export_password", "mask_url", "split_password"]  # re-exported for callers
 
 STUDY_JSON = "study.json"
 CONFIG_YAML = "config.yaml"
@@ -37,6 +40,27 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+# ---------------------------------------------------------------------------------- folder
+OWN_NAMES = frozenset({".study.lock", "optuna.db", "optuna.db-journal", "mlflow.db",
+                       "mlflow.db-journal", "mlruns", CONFIG_YAML})
+
+
+def check_study_folder(out: str | Path, flag: str = "--out") -> None:
+    """A study goes into a new folder, an empty one, or a simgap study folder; never into a file
+    or a folder of someone else's files (the report swap would remove them)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SimgapError(f"{flag} {out}: is a file, not a folder")
+    if not out.is_dir() or (out / STUDY_JSON).is_file():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in OWN_NAMES)
+    if foreign:
+        raise SimgapError(
+            f"{flag} {out}: not empty and not a simgap study (holds {foreign[0]!r}); "
+            "use a new or empty folder"
+        )
+
+
 # ---------------------------------------------------------------------------------- storage
 def default_storage_url(study_dir: Path) -> str:
     return f"sqlite:///{Path(study_dir).resolve() / 'optuna.db'}"
@@ -44,7 +68,8 @@ def default_storage_url(study_dir: Path) -> str:
 
 def resolve_storage_url(spec: str | None, study_dir: Path | None) -> str:
     """``None`` -> SQLite in the study folder; ``journal:PATH`` / ``*.log`` -> a journal file
-    (relative to the study folder); anything else is an SQLAlchemy URL."""
+    (relative to the study folder); anything else is an SQLAlchemy URL, ``postgresql://`` with
+    psycopg 3 (``postgresql+psycopg://``, whatever SQLAlchemy's default driver)."""
     if spec is None:
         if study_dir is None:
             raise SimgapError("storage: no study folder and no storage URL")
@@ -54,6 +79,9 @@ def resolve_storage_url(spec: str | None, study_dir: Path | None) -> str:
         if not path.is_absolute() and study_dir is not None:
             path = Path(study_dir).resolve() / path
         return f"journal:{path}"
+    for plain in ("postgresql://", "postgres://"):  # the driver of the `postgres` extra
+        if spec.startswith(plain):
+            return "postgresql+psycopg://" + spec.removeprefix(plain)
     return spec
 
 
@@ -85,10 +113,18 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         if isinstance(exc, SimgapError):
             raise
         raise SimgapError(
-            f"storage {url}: cannot open the Optuna storage ({first_line(exc)})"
+            f"storage {mask_url(url)}: cannot open the Optuna storage "
+            f"({mask_url(first_line(exc))}){_driver_hint(exc)}"
         ) from None
     _STORAGES[url] = storage
     return storage
+
+
+def _driver_hint(exc: Exception) -> str:
+    """A hint naming the package when the database driver is missing."""
+    if "import DB access module" in str(exc) or isinstance(exc, ImportError):
+        return "; install the driver (PostgreSQL: pip install 'simgap[postgres]', psycopg 3)"
+    return ""
 
 
 def _immediate_transactions(engine) -> None:
@@ -105,6 +141,15 @@ def _immediate_transactions(engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     engine.dispose()
+
+
+class QueueGridSampler(optuna.samplers.GridSampler):
+    """GridSampler whose ``after_trial`` never calls ``study.stop()``: the queue decides when a
+    study is done, and ``stop()`` outside ``optimize`` raises in ``tell`` (after the trial was
+    stored COMPLETE) once every grid point has a finished trial, e.g. after a re-queue."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
 
 
 # ---------------------------------------------------------------------------------- handle
@@ -133,7 +178,7 @@ class StudyHandle:
             self._study = optuna.load_study(
                 study_name=self.study_name,
                 storage=self.storage,
-                sampler=optuna.samplers.GridSampler(search_space(self.config), seed=0),
+                sampler=QueueGridSampler(search_space(self.config), seed=0),
             )
         return self._study
 
@@ -141,10 +186,11 @@ class StudyHandle:
         return tracking.Tracking(self.tracking_uri, self.experiment, self.artifact_location)
 
     def info(self) -> dict:
+        """What is stored (study.json, Optuna user attributes): URLs without passwords."""
         return {
             "study_name": self.study_name,
-            "storage": self.storage_url,
-            "tracking_uri": self.tracking_uri,
+            "storage": split_password(self.storage_url)[0],
+            "tracking_uri": split_password(self.tracking_uri)[0],
             "experiment": self.experiment,
             "artifact_location": self.artifact_location,
             "parent_run_id": self.parent_run_id,
@@ -157,6 +203,7 @@ def study_lock(study_dir: str | Path) -> FileLock:
     """The lock of a study folder (created if missing): one process at a time creates or opens
     the study and queues its cells."""
     study_dir = Path(study_dir)
+    check_study_folder(study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     return FileLock(str(study_dir / ".study.lock"))
 
@@ -170,14 +217,19 @@ def create_study(
     """Create the study in ``study_dir`` or open it if it exists (same config required), and
     start (or reopen) the MLflow parent run.  Call it under :func:`study_lock`."""
     study_dir = Path(study_dir)
+    check_study_folder(study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     if not (study_dir / STUDY_JSON).exists():
         return _new_study(config, study_dir, storage, tracking_uri)
     handle = open_study(study_dir, tracking_uri=tracking_uri)
     if handle.config.hash() != config.hash():
+        hint = "use another --out"
+        if not any(t.state == optuna.trial.TrialState.COMPLETE
+                   for t in handle.study.get_trials(deepcopy=False)):
+            hint = f"no cell of it completed: `rm -r {study_dir}` starts over, or use another --out"
         raise SimgapError(
             f"{study_dir}: holds a study of a different config "
-            f"({handle.config.name}, hash {handle.config.hash()}); use another --out"
+            f"({handle.config.name}, hash {handle.config.hash()}); {hint}"
         )
     return handle
 
@@ -198,7 +250,7 @@ def _new_study(config, study_dir: Path, storage, tracking_uri) -> StudyHandle:
     study = optuna.create_study(
         study_name=handle.study_name,
         storage=handle.storage,
-        sampler=optuna.samplers.GridSampler(search_space(config), seed=0),
+        sampler=QueueGridSampler(search_space(config), seed=0),
         direction="maximize",
         load_if_exists=True,
     )
@@ -222,6 +274,10 @@ def open_study(
     path = Path(str(target)).expanduser()
     if path.is_dir():
         return _open_folder(path, cache_dir, tracking_uri)
+    text = str(target)
+    if "://" not in text and not text.startswith("journal:") and path.suffix not in (
+            ".log", ".journal"):
+        raise SimgapError(f"{target}: no such study folder (and not a storage URL)")
     return _open_url(str(target), study_name, cache_dir, tracking_uri)
 
 

@@ -17,10 +17,13 @@ import logging
 import math
 import os
 import shutil
+import socket
+import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from filelock import FileLock
 
@@ -28,6 +31,7 @@ from harness.data import cache_dir
 from harness.errors import SimgapError
 from harness.files import atomic_write
 from studies import stopping
+from studies.urls import mask_url
 
 T = TypeVar("T")
 MAX_PARAM_LENGTH = 6000
@@ -58,23 +62,70 @@ def prepare_sqlite_store(uri: str) -> None:
 
     Creating the schema runs all of MLflow's migrations, which is slow; the empty database is
     made once per MLflow version under the simgap cache folder and copied (MLflow checks the
-    schema version whenever it opens a store, so a stale template cannot go unnoticed)."""
+    schema version whenever it opens a store, so a stale template cannot go unnoticed).  The
+    template is copied only if this user owns it and nobody else can write it (checked on the
+    open file, so it cannot be swapped between check and copy); otherwise the store is
+    migrated in place."""
     import mlflow
-    from mlflow import MlflowClient
 
     path = _sqlite_path(uri)
     if path is None or path.exists():
         return
     template = cache_dir() / f"mlflow-{mlflow.__version__}-empty.db"
-    template.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(template) + ".lock"):
+            if not template.exists():
+                atomic_write(template, _migrate, mode=0o644)  # not writable by others
+    except OSError:  # a cache we cannot write: no template
+        pass
+    source = _open_private(template)
+    if source is None:
+        atomic_write(path, _migrate)
+        return
+    with source:
+        atomic_write(path, lambda tmp: _copy_from(source, tmp))
 
-    def migrate(tmp: Path) -> None:  # MLflow fills the empty file atomic_write hands over
-        retry(MlflowClient, tracking_uri=f"sqlite:///{tmp}").search_experiments()
 
-    with FileLock(str(template) + ".lock"):
-        if not template.exists():
-            atomic_write(template, migrate)
-    atomic_write(path, lambda tmp: shutil.copyfile(template, tmp))
+def _migrate(tmp: Path) -> None:
+    """Fill the empty file ``tmp`` with MLflow's schema."""
+    from mlflow import MlflowClient
+
+    retry(MlflowClient, tracking_uri=f"sqlite:///{tmp}").search_experiments()
+
+
+def _open_private(path: Path):
+    """``path`` opened for reading if it is a regular file owned by this user and not writable
+    by group or others; None otherwise (missing, foreign, or writable by someone else)."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - returned to the caller
+    except OSError:
+        return None
+    st = os.fstat(handle.fileno())
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        handle.close()
+        return None
+    return handle
+
+
+def _copy_from(source, tmp: Path) -> None:
+    with open(tmp, "wb") as dst:
+        shutil.copyfileobj(source, dst)
+
+
+def _check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """An MLflow server that does not answer fails now, not after MLflow's retries (minutes)."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        raise SimgapError(
+            f"tracking_uri {mask_url(uri)}: the MLflow server does not answer "
+            f"({exc.strerror or type(exc).__name__})"
+        ) from None
 
 
 def _quiet() -> None:
@@ -116,13 +167,16 @@ class Tracking:
 
         self.uri = uri
         self.experiment = experiment
+        _check_reachable(uri)
         try:
             prepare_sqlite_store(uri)
             self.client = retry(MlflowClient, tracking_uri=uri)
             self.experiment_id = self._experiment(artifact_location or artifact_location_for(uri))
         except Exception as exc:  # noqa: BLE001 - stores raise assorted errors for a bad URI
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SimgapError(f"tracking_uri {uri}: cannot open the MLflow store ({msg})") from None
+            raise SimgapError(
+                f"tracking_uri {mask_url(uri)}: cannot open the MLflow store ({mask_url(msg)})"
+            ) from None
 
     def _experiment(self, artifact_location: str | None) -> str:
         found = retry(self.client.get_experiment_by_name, self.experiment)
@@ -143,6 +197,13 @@ class Tracking:
             query += f" and tags.`mlflow.parentRunId` = '{parent}'"
         runs = retry(self.client.search_runs, [self.experiment_id], query, max_results=1000)
         return sorted(runs, key=lambda r: r.info.start_time or 0)
+
+    def running_cells(self, parent: str | None) -> list:
+        """The cell runs still marked RUNNING (under ``parent`` if given)."""
+        query = "tags.`simgap.kind` = 'cell' and attributes.status = 'RUNNING'"
+        if parent:
+            query += f" and tags.`mlflow.parentRunId` = '{parent}'"
+        return retry(self.client.search_runs, [self.experiment_id], query, max_results=5000)
 
     def parent_run(self, study_name: str, params: Mapping[str, Any]) -> str:
         """The study's parent run (created once; set RUNNING again when a study resumes)."""

@@ -11,6 +11,7 @@ workers, then builds the report (:mod:`studies.report`).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -23,15 +24,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
-from harness.runtime import configure_threads
+from harness.errors import SimgapError
+from harness.runtime import cell_threads
 from studies import queue, stopping
 from studies.cells import run_cell
 from studies.config import StudyConfig
 from studies.grid import Cell, grid_cells, search_space
 from studies.report import build_report
-from studies.storage import StudyHandle, create_study, first_line, open_study, study_lock
+from studies.storage import (
+    StudyHandle,
+    create_study,
+    export_password,
+    first_line,
+    open_study,
+    study_lock,
+)
 
 log = logging.getLogger("simgap.studies")
 
@@ -45,10 +55,13 @@ def prepare_study(
     tracking_uri: str | None = None,
 ) -> StudyHandle:
     """Create the study in ``study_dir`` or open it (same config required) and queue the cells
-    that still need a run, all under the study-folder lock."""
+    that still need a run, all under the study-folder lock.  Passwords in the URLs move to the
+    environment (:func:`studies.storage.export_password`), never into a file."""
+    storage, tracking_uri = export_password(storage), export_password(tracking_uri)
     with study_lock(study_dir):
         handle = create_study(config, study_dir, storage, tracking_uri)
         queue.sync_grid(handle)
+        queue.reconcile_runs(handle)
     return handle
 
 
@@ -101,6 +114,9 @@ def run_trial(handle, trial: optuna.Trial, cell: Cell, runner: Runner, tracker) 
         handle.study.tell(trial, state=TrialState.PRUNED)
         return False
     queue.mark_started(trial)
+    threads = cell_threads()  # fixed, whatever --workers: the same float reductions
+    torch.set_num_threads(threads)
+    trial.set_user_attr("threads", threads)
     beat = queue.Heartbeat.of(handle, trial)
     beat.start()
     run = None
@@ -110,7 +126,8 @@ def run_trial(handle, trial: optuna.Trial, cell: Cell, runner: Runner, tracker) 
             handle.parent_run_id,
             cell.id,
             {"simgap.trial": str(trial.number), "simgap.study": handle.study_name},
-            {**cell.params, "percent": cell.percent, "variant": cell.variant},
+            {**cell.params, "percent": cell.percent, "variant": cell.variant,
+             "threads": threads},
         )
         _run_cell(handle, trial, cell, runner, run, t0)
         return True
@@ -118,6 +135,11 @@ def run_trial(handle, trial: optuna.Trial, cell: Cell, runner: Runner, tracker) 
         log.warning("cell %s: trial %d was taken over meanwhile", cell.id, trial.number)
         return False
     except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the worker
+        full = disk_full(exc, handle)
+        if full is not None:  # every later cell would fail too: stop, the cell queued again
+            _give_back(handle, trial, run)
+            raise SimgapError(f"{full}: no space left on device; the cell is queued again, "
+                              "free some space and run again") from None
         message = first_line(exc)
         log.error("cell %s failed: %s\n%s", cell.id, message, traceback.format_exc())
         try:
@@ -130,6 +152,36 @@ def run_trial(handle, trial: optuna.Trial, cell: Cell, runner: Runner, tracker) 
         return False
     finally:
         beat.stop.set()
+
+
+def disk_full(exc: BaseException, handle: StudyHandle) -> str | None:
+    """The path a full disk refused (an ``ENOSPC`` error, or SQLite's 'database or disk is
+    full' in the exception chain); None for any other error."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return str(seen.filename or handle.study_dir or "disk")
+        if "database or disk is full" in str(seen):
+            storage = isinstance(exc, optuna.exceptions.StorageInternalError)
+            url = handle.storage_url if storage else handle.tracking_uri
+            return url.removeprefix("sqlite:///")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _give_back(handle: StudyHandle, trial: optuna.Trial, run) -> None:
+    """Best effort on a full disk: FAIL the trial and queue its cell again, end its run.  When
+    the storage cannot be written either, the trial stays RUNNING with this (exiting) process
+    as its worker, which the next start re-queues at once."""
+    try:
+        queue.hand_back(handle, trial, "disk full")
+    except Exception as exc:  # noqa: BLE001 - the storage may be on the full disk
+        log.warning("cell not handed back (%s); the next start re-queues it", first_line(exc))
+    if run is not None:
+        try:
+            run.end("KILLED")
+        except Exception as exc:  # noqa: BLE001 - so may the tracking store
+            log.warning("run %s not ended (%s)", run.run_id, first_line(exc))
 
 
 def _run_cell(handle, trial: optuna.Trial, cell: Cell, runner: Runner, run, t0: float) -> None:
@@ -170,6 +222,7 @@ def run_worker(target, study_name=None, cache_dir=None, tracking_uri=None, paren
     stopping.install()
     if parent_pid:
         _watch_parent(parent_pid)
+    target, tracking_uri = export_password(str(target)), export_password(tracking_uri)
     handle = open_study(target, study_name, cache_dir, tracking_uri)
     return work(handle, wait=wait)
 
@@ -186,6 +239,7 @@ def run_study(
     """Create or resume the study in ``out`` and run it with ``workers`` local processes
     (1 = in this process), then build the report.  Returns the grid summary."""
     out = Path(out)
+    storage, tracking_uri = export_password(storage), export_password(tracking_uri)
     handle = prepare_study(config, out, storage, tracking_uri)
     if workers <= 1:
         stopping.install()
@@ -206,10 +260,8 @@ def _run_processes(out: Path, workers: int, tracking_uri: str | None) -> None:
            "--parent-pid", str(os.getpid())]
     if tracking_uri:
         cmd += ["--tracking-uri", tracking_uri]
-    threads = str(configure_threads(workers))  # cores // workers each: no oversubscription
-    env = {"SIMGAP_THREADS": threads, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-           **os.environ}
-    procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
+    # each cell sets its own thread count (cell_threads), the same for any number of workers
+    procs = [subprocess.Popen(cmd) for _ in range(workers)]
 
     def forward(signum, _frame):
         for p in procs:

@@ -20,7 +20,8 @@ def test_storage_urls(tmp_path):
     assert storage.resolve_storage_url(None, tmp_path) == f"sqlite:///{folder}/optuna.db"
     assert storage.resolve_storage_url("grid.log", tmp_path) == f"journal:{folder}/grid.log"
     assert storage.resolve_storage_url("journal:/x/y", None) == "journal:/x/y"
-    assert storage.resolve_storage_url("postgresql://h/db", tmp_path) == "postgresql://h/db"
+    assert storage.resolve_storage_url("postgresql://h/db", tmp_path) == (
+        "postgresql+psycopg://h/db")
     with pytest.raises(SimgapError, match="no study folder"):
         storage.resolve_storage_url(None, None)
 
