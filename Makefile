@@ -10,6 +10,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# Without a GPU: make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu (CPU-only wheels)
+TORCH_INDEX ?=
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 STUDY_CONFIG ?= studies/configs/quick.yaml
 PYTEST_ARGS ?= -q
@@ -28,8 +30,8 @@ $(PY):
 
 # The torch/torchvision pair goes in first: the CPU-only torch build has no working torchvision.
 $(TORCH_STAMP): Makefile | $(PY)
-	$(PIP) install $(TORCH_SPEC)
-	@echo "$(TORCH_SPEC)" > $@
+	$(PIP) install $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	@echo "$(TORCH_SPEC) $(TORCH_INDEX)" > $@
 
 # Re-installed only when pyproject.toml (or the torch pair) changes; the pair is pinned again
 # so the resolver cannot swap it.

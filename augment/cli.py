@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from tabulate import tabulate
 
 from augment.image import ImageAugment
@@ -14,6 +15,7 @@ from augment.policy import DEFAULT_STRENGTH, available_policies, build_policy, l
 from harness.data import load_source
 from harness.errors import SimgapError
 from harness.files import atomic_write
+from harness.lab.cli import MASK_HELP
 from harness.optics import FourF, OpticsConfig
 
 LIST_STRENGTHS = (0.25, 0.5, 1.0)
@@ -22,7 +24,7 @@ PREVIEW_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF
 
 
 def _cmd_list(args) -> int:
-    config = OpticsConfig(n=args.size)
+    config = _optics(args.size)
     rows = [(name, p.kind, ", ".join(p.families) or "-")
             for name, p in ((n, build_policy(n, config=config)) for n in available_policies())]
     print(tabulate(rows, headers=("policy", "kind", "families")))
@@ -32,7 +34,8 @@ def _cmd_list(args) -> int:
     for family, cls in SAMPLERS.items():
         for key, knob in cls.KNOBS.items():
             values = [loggable(make_family(family, s).ranges(config)[key]) for s in LIST_STRENGTHS]
-            rows.append((family, key, knob.unit, knob.doc, *values))
+            label = family if family in FAMILIES else f"{family} (opt-in)"
+            rows.append((label, key, knob.unit, knob.doc, *values))
     heads = ("family", "range", "unit", "meaning", *(f"s={s}" for s in LIST_STRENGTHS))
     print(tabulate(rows, headers=heads, floatfmt=".4g"))
     print("\nimage-space analogues by strength s:")
@@ -43,6 +46,14 @@ def _cmd_list(args) -> int:
             rows.append((family, key.split(".", 1)[1], *(loggable(x[key]) for x in settings)))
     print(tabulate(rows, headers=("family", "setting", *heads[4:]), floatfmt=".4g"))
     return 0
+
+
+def _optics(size: int) -> OpticsConfig:
+    """The optics of ``--size``; a size they refuse is a one-line error."""
+    try:
+        return OpticsConfig(n=size)
+    except ValidationError as exc:
+        raise SimgapError(f"--size: {exc.errors()[0]['msg'].lower()}, got {size}") from None
 
 
 def _check_preview_args(args) -> Path:
@@ -61,7 +72,7 @@ def _cmd_preview(args) -> int:
     from torchvision.utils import make_grid, save_image  # heavy: only this command needs it
 
     out = _check_preview_args(args)
-    config = OpticsConfig(n=args.size)
+    config = _optics(args.size)
     policy = build_policy(args.name, config=config)
     if args.strength is not None:
         policy = build_policy(args.name, {f: args.strength for f in policy.families}, config)
@@ -97,13 +108,13 @@ def add_cli(subparsers) -> None:
     p.add_argument("name", help="policy name (see `simgap policies list`)")
     p.add_argument("--out", required=True, help="image file to write (.png)")
     p.add_argument("--strength", type=float, default=None,
-                   help=f"strength of every family of the policy (default {DEFAULT_STRENGTH})")
+                   help=f"strength of every family of the policy (default: {DEFAULT_STRENGTH})")
     p.add_argument("--source", default="digits", help="image source (digits, fashion-mnist, ...)")
     p.add_argument("--data-root", default=None, help="folder holding the source's files")
-    p.add_argument("--mask", default="random", help="random, edge, zeros or an exported mask")
+    p.add_argument("--mask", default="random", metavar="MASK", help=MASK_HELP)
     p.add_argument("--channels", type=int, default=1, help="number of masks k")
     p.add_argument("--draws", type=int, default=4, help="random draws per input")
     p.add_argument("--inputs", type=int, default=4, help="number of input images")
     p.add_argument("--size", type=int, default=32, help="image size n")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the mask and of the draws")
     p.set_defaults(func=_cmd_preview)

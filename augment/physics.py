@@ -23,7 +23,20 @@ phase_jitter   ``noise_rad``       per-pixel phase noise N(0, σ²), σ ~ U(0, �
 sensor         ``photons``         electrons at full scale, log-U(10^2.5 / s², 10^4.5 / s²)
                ``read_noise_e``    read noise ~ U(0, r) e⁻ (r = 10 s)
                ``bits``            ADC bits, integer ~ U{round(12 − 4 s), …, 12}
+slm_axial      ``offset_mm``       SLM axial offset from the Fourier plane ~ U(−d, d) mm (d = 3),
+                                   stored in metres (``slm_axial_offset``)
+lut_tilt       ``tilt``            LUT scale tilt (a_x, a_y) ~ U(−a, a) each (a = 0.08): the
+                                   scale changes by a from the panel centre to its edge
+crosstalk      ``fraction``        display crosstalk c ~ U(0, c) per neighbour (c = 0.05, < 0.2)
 =============  ==================  ===========================================================
+
+The last three are *opt-in* (:data:`OPTIONAL_FAMILIES`): no registered policy has them, and a
+physics policy draws one only when its strengths (or ranges) name it, e.g.
+``build_policy("physics", {"slm_axial": 0.5})``; at strength 0 it draws nothing.  They model
+effects of the emulated bench that the default policy leaves out (harness.lab.bench), so the
+default study keeps a bench that is not its policy.  Their s = 1 ranges are the ``harsh`` bench
+levels.  The camera fill factor (``camera_fill``) is no family: it is a fixed, known property of
+a camera (set it in the model for every draw), not an error to randomise.
 
 ``quant_bits``, ``photons`` and ``bits`` take a (low, high) pair or ``None`` (off); the other
 keys are half-widths (maxima for σ and read noise) where 0 means off.  With a continuous LUT
@@ -51,6 +64,7 @@ import torch
 from harness.errors import SimgapError
 from harness.optics.params import (
     FAMILY_FIELDS,
+    OPTIONAL_FAMILY_FIELDS,
     Compose,
     Imperfections,
     OpticsConfig,
@@ -58,6 +72,7 @@ from harness.optics.params import (
 )
 
 FAMILIES = tuple(FAMILY_FIELDS)  # defocus, misalignment, phase_jitter, sensor
+OPTIONAL_FAMILIES = tuple(OPTIONAL_FAMILY_FIELDS)  # slm_axial, lut_tilt, crosstalk: opt-in
 
 Range = float | tuple[float, float] | None
 
@@ -70,6 +85,7 @@ class Knob:
     doc: str
     at: Callable[[float], Range]
     pair: bool = False  # (low, high) or None; otherwise a half-width >= 0
+    maximum: float = math.inf  # a half-width must stay below it
 
 
 def check_strength(value, field: str) -> float:
@@ -111,8 +127,9 @@ class Family(ParameterGenerator):
                 raise SimgapError(f"{field}: need 0 < low <= high < inf, got {value!r}")
             return (low, high)
         real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        if not real or not 0 <= value < math.inf:
-            raise SimgapError(f"{field}: expected a finite number >= 0, got {value!r}")
+        if not real or not 0 <= value < knob.maximum:
+            bound = "finite" if knob.maximum == math.inf else f"< {knob.maximum:g}"
+            raise SimgapError(f"{field}: expected a {bound} number >= 0, got {value!r}")
         return float(value)
 
     def ranges(self, config: OpticsConfig | None = None) -> dict[str, Range]:
@@ -289,15 +306,55 @@ class Sensor(Family):
         return {"photons": photons, "read_noise": read, "bit_depth": bits}
 
 
+class SlmAxial(Family):
+    """Opt-in: the SLM off the Fourier plane by d ~ U(−d_max, d_max), drawn in mm, stored in m."""
+
+    name = "slm_axial"
+    KNOBS: ClassVar[dict[str, Knob]] = {
+        "offset_mm": Knob("mm", "SLM axial offset from the Fourier plane", _linear(3.0)),
+    }
+
+    def _draw(self, draw, r, config, channels):
+        offset = draw.sym(r["offset_mm"])
+        return {"slm_axial_offset": None if offset is None else offset * 1e-3}
+
+
+class LutTilt(Family):
+    """Opt-in: a LUT scale that varies linearly across the panel, (a_x, a_y) ~ U(−a, a)."""
+
+    name = "lut_tilt"
+    KNOBS: ClassVar[dict[str, Knob]] = {
+        "tilt": Knob("1", "LUT scale change from the panel centre to its edge, each axis",
+                     _linear(0.08)),
+    }
+
+    def _draw(self, draw, r, config, channels):
+        return {"lut_scale_tilt": draw.sym(r["tilt"], 2)}
+
+
+class Crosstalk(Family):
+    """Opt-in: input display crosstalk c ~ U(0, c_max) to each of the 4 neighbours."""
+
+    name = "crosstalk"
+    KNOBS: ClassVar[dict[str, Knob]] = {
+        "fraction": Knob("1", "max light fraction leaking into each neighbour", _linear(0.05),
+                         maximum=0.2),
+    }
+
+    def _draw(self, draw, r, config, channels):
+        return {"display_crosstalk": None if r["fraction"] == 0 else draw.rand() * r["fraction"]}
+
+
 SAMPLERS: dict[str, type[Family]] = {
-    cls.name: cls for cls in (Defocus, Misalignment, PhaseJitter, Sensor)
+    cls.name: cls
+    for cls in (Defocus, Misalignment, PhaseJitter, Sensor, SlmAxial, LutTilt, Crosstalk)
 }
 
 
 def make_family(name: str, strength: float = 0.5, ranges=None, **options) -> Family:
-    """The sampler of family ``name`` (one of :data:`FAMILIES`)."""
+    """The sampler of family ``name`` (one of :data:`FAMILIES` or :data:`OPTIONAL_FAMILIES`)."""
     if name not in SAMPLERS:
-        raise SimgapError(f"family: unknown family {name!r} (choose from {', '.join(FAMILIES)})")
+        raise SimgapError(f"family: unknown family {name!r} (choose from {', '.join(SAMPLERS)})")
     return SAMPLERS[name](strength, ranges, **options)
 
 

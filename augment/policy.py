@@ -11,8 +11,9 @@ Names (families = defocus, misalignment, phase_jitter, sensor):
 
 A policy is built from a name, per-family strengths in [0, 1] (default 0.5; see
 :mod:`augment.physics` for the strength -> physical range mapping) and, for physics policies,
-optional explicit ranges.  Training calls ``policy.frames(encoder, images, generator)`` once per
-batch.
+optional explicit ranges.  A physics policy whose strengths or ranges name an opt-in family
+(slm_axial, lut_tilt, crosstalk) draws it too, after its own families; no name includes them.
+Training calls ``policy.frames(encoder, images, generator)`` once per batch.
 
 Gradient through image policies: albumentations runs on detached numpy copies, so the frame that
 the head sees is ``aug + (frames − frames.detach())``: the augmented values forward, the identity
@@ -31,9 +32,16 @@ from functools import partial
 import torch
 
 from augment.image import ImageAugment
-from augment.physics import FAMILIES, check_strength, make_family, sample_all
+from augment.physics import (
+    FAMILIES,
+    OPTIONAL_FAMILIES,
+    check_strength,
+    make_family,
+    sample_all,
+)
 from harness.errors import SimgapError
 from harness.optics import FourF, Imperfections, OpticsConfig
+from harness.plugins import find_plugin, known_names
 
 DEFAULT_STRENGTH = 0.5
 
@@ -51,14 +59,16 @@ class Policy:
         ranges: Mapping[str, Mapping] | None = None,
         per_channel_noise: bool = False,
     ):
+        strengths, ranges = dict(strengths or {}), dict(ranges or {})
+        if kind == "physics":  # opt-in families, drawn after the policy's own
+            families += tuple(f for f in OPTIONAL_FAMILIES if f in strengths or f in ranges)
         self.name, self.kind, self.families = name, kind, families
         self.config = config or OpticsConfig()
-        strengths = dict(strengths or {})
         for family, value in strengths.items():
             self._check_family(family, "strengths")
             check_strength(value, f"strengths.{family}")
-        self.strengths = {f: float(strengths.get(f, DEFAULT_STRENGTH)) for f in families}
-        ranges = dict(ranges or {})
+        self.strengths = {f: float(strengths.get(f, DEFAULT_STRENGTH if f in FAMILIES else 0.0))
+                          for f in families}
         if ranges and kind != "physics":
             raise SimgapError(f"ranges: only physics policies take explicit ranges, not {name!r}")
         for family in ranges:
@@ -71,10 +81,9 @@ class Policy:
         self._image: dict[OpticsConfig, ImageAugment] = {}
 
     def _check_family(self, family: str, field: str) -> None:
-        if family not in FAMILIES:
-            raise SimgapError(
-                f"{field}.{family}: unknown family (choose from {', '.join(FAMILIES)})"
-            )
+        if family not in FAMILIES + OPTIONAL_FAMILIES:
+            raise SimgapError(f"{field}.{family}: unknown family "
+                              f"(choose from {', '.join(FAMILIES + OPTIONAL_FAMILIES)})")
         if family not in self.families:
             raise SimgapError(
                 f"{field}.{family}: policy {self.name!r} has no {family} family "
@@ -183,11 +192,29 @@ def build_policy(
 ) -> Policy:
     """Policy ``name`` (see :func:`available_policies`) with per-family ``strengths`` in [0, 1].
 
+    ``strengths`` names every family of the policy or none of them (then each is at
+    ``DEFAULT_STRENGTH``): ``build_policy("physics", {"defocus": 0.5})`` is an error, as it would
+    leave the other three families at a strength nobody chose; use ``physics:defocus`` for one
+    family, or a strength of 0 to turn one off.
     ``ranges`` (physics only): ``{family: {key: value}}`` overriding the strength mapping;
     ``per_channel_noise``: independent SLM phase noise for each of the k masks.
+    A name that is not built in may be a plug-in (:mod:`harness.plugins`, group
+    ``simgap.policies``): a callable ``(strengths, config, ranges, per_channel_noise)``; the
+    policy it returns takes ``name``.
     """
-    if name not in POLICIES:
-        raise SimgapError(
-            f"policy: unknown policy {name!r} (choose from {', '.join(available_policies())})"
-        )
-    return POLICIES[name](strengths, config, ranges, per_channel_noise)
+    factory = POLICIES.get(name) or find_plugin("policies", name)
+    if factory is None:
+        raise SimgapError(f"policy: unknown policy {name!r} (choose from "
+                          f"{known_names('policies', available_policies())})")
+    policy = factory(strengths, config, ranges, per_channel_noise)  # checks the values
+    policy.name = name  # a plug-in is known (and logged) by the name it was asked for
+    if name in POLICIES and strengths:
+        own = factory.args[2]  # partial(Policy, name, kind, families)
+        named = [f for f in own if f in strengths]
+        if named and len(named) < len(own):
+            rest = ", ".join(f for f in own if f not in strengths)
+            raise SimgapError(
+                f"strengths: {name!r} has families {', '.join(own)}; give each a strength "
+                f"(0 turns one off) or none (all {DEFAULT_STRENGTH}); missing: {rest}"
+            )
+    return policy

@@ -20,6 +20,7 @@ from baselines.finetune import AdaptResult, finetune
 from baselines.real_only import real_only
 from baselines.siamese import SiameseOptions, siamese
 from harness.errors import SimgapError
+from harness.plugins import find_plugin, known_names
 
 METHODS: dict[str, Callable[..., AdaptResult]] = {
     "finetune-head": partial(finetune, mode="head"),
@@ -30,9 +31,12 @@ METHODS: dict[str, Callable[..., AdaptResult]] = {
 
 
 def get_method(name: str) -> Callable[..., AdaptResult]:
-    if name not in METHODS:
-        raise SimgapError(f"method: '{name}' is not one of {', '.join(METHODS)}")
-    return METHODS[name]
+    """Method ``name``: built in, or a plug-in (:mod:`harness.plugins`, group
+    ``simgap.methods``) with the signature above."""
+    method = METHODS.get(name) or find_plugin("methods", name)
+    if method is None:
+        raise SimgapError(f"method: '{name}' is not one of {known_names('methods', METHODS)}")
+    return method
 
 
 __all__ = ["METHODS", "AdaptResult", "SiameseOptions", "get_method"]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from augment.policy import build_policy
+from baselines import get_method
 from baselines.siamese import SiameseOptions
 from harness.errors import SimgapError
 from harness.train import TrainConfig
@@ -72,9 +73,12 @@ POLICY_LR = HParam(3e-3, 7.5e-4, 1.2e-2, log=True)  # the sim lr of a policy (x/
 
 
 def method_space(method: str) -> dict[str, HParam]:
-    if method not in METHOD_HPARAMS:
-        raise SimgapError(f"method: '{method}' is not one of {', '.join(METHOD_HPARAMS)}")
-    return METHOD_HPARAMS[method]
+    """The hyper-parameters of ``method``; a plug-in method has the common ones (lr, weight
+    decay: the training config it is called with)."""
+    if method in METHOD_HPARAMS:
+        return METHOD_HPARAMS[method]
+    get_method(method)  # a plug-in, else the error that names the methods
+    return dict(_COMMON)
 
 
 def resolve(method: str, overrides: dict | None = None, base: dict | None = None) -> dict:

@@ -1,12 +1,12 @@
 """Throughput of the 4F model, forward + backward, against the FFTs it needs.
 
-    python benchmarks/optics.py [--batch 32] [--device cpu|cuda] [--repeats 20]
+    python benchmarks/optics.py [--batch 32] [--device cpu|cuda] [--repeats 20] [--sizes 32 64 128]
 
-For each n in (32, 64, 128) and k in (1, 4) it prints images/s of FourF forward+backward (ideal
-system, 8-bit LUT, loss on the frames, gradient to the mask) and the ratio of that time to the
-time of the FFTs alone: fft2 of the (B, 1, N, N) complex input grid (torch transforms a real
-input as a complex one too, so the model writes the amplitude straight into a complex grid),
-ifft2 of the (B, k, N, N) product, and the ifft2 of the backward pass (see
+For each n in ``--sizes`` (32, 64, 128) and k in (1, 4) it prints images/s of FourF
+forward+backward (ideal system, 8-bit LUT, loss on the frames, gradient to the mask) and the
+ratio of that time to the time of the FFTs alone: fft2 of the (B, 1, N, N) complex input grid
+(torch transforms a real input as a complex one too, so the model writes the amplitude straight
+into a complex grid), ifft2 of the (B, k, N, N) product, and the ifft2 of the backward pass (see
 harness.optics.fused.CroppedIntensity).  They are measured in the same run, back to back with
 each model step, on the same batch chunks as the model (harness.optics.fused.CPU_CHUNK_BYTES),
 so neither side pays page faults for fields of tens of MB.  Target: ratio <= 1.5.
@@ -109,6 +109,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128],
+                        help="image sizes n (grid N = 2n)")
     parser.add_argument("--imperfect", action="store_true",
                         help="also sample per-sample defocus, mask shift and camera shift")
     parser.add_argument("--no-malloc-tuning", action="store_true",
@@ -119,7 +121,7 @@ def main() -> None:
           f"torch={torch.__version__} imperfect={args.imperfect} malloc_tuned={tuned}")
     print(f"{'n':>4} {'k':>2} {'N':>4} {'images/s':>10} {'model/FFT':>10} {'best':>6} "
           f"{'rot img/s':>10} {'rot cost':>9}")
-    for n in (32, 64, 128):
+    for n in args.sizes:
         for k in (1, 4):
             rate, ratio, best, rot_rate, rot_cost = bench_case(
                 n, k, args.batch, args.device, args.repeats, args.imperfect

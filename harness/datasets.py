@@ -175,6 +175,9 @@ class RealSplits:
     pool: FrameData
     val: FrameData
     _test: FrameData = field(repr=False)
+    #: unlabelled real frames of the bench (dark frames, flat field: (D, H, W) each); open to
+    #: policies and methods, never scored
+    calibration: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         for name, data in (("pool", self.pool), ("val", self.val), (TEST_SPLIT, self._test)):
@@ -219,7 +222,8 @@ class RealSplits:
                 images=None if lookup is None else lookup[keep],
                 input_ids=ids,
             )
-        return cls(parts["pool"], parts["val"], parts[TEST_SPLIT])
+        return cls(parts["pool"], parts["val"], parts[TEST_SPLIT],
+                   dict(getattr(captures, "calibration", {})))
 
 
 def _input_lookup(images, input_ids: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 * accuracy / per-class accuracy (torchmetrics; a class absent from the labels gets NaN, not 0);
 * PSNR = 10 log10(1 / MSE) per image, averaged, and SSIM (torchmetrics, data range 1);
-* LPIPS (the ``lpips`` package) only when the ImageNet backbone weights are already in
+* LPIPS (the optional ``lpips`` package: ``pip install 'simgap[lpips]'``; no command needs it)
+  only when it is installed and the ImageNet backbone weights are already in
   ``$TORCH_HOME/hub/checkpoints``; otherwise :class:`MetricUnavailable` is raised *before* anything
   tries to download, and :func:`reconstruction_metrics` records the metric as unavailable;
 * feature distances between sim and real features: the unbiased RBF-kernel MMD² with the median
@@ -86,8 +87,20 @@ def lpips_weights_path(net: str = "alex") -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(backbones[net].url)
 
 
+def _lpips_installed() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("lpips") is not None
+    except ValueError:  # sys.modules["lpips"] is None: imports of it are blocked
+        return False
+
+
 def lpips_status(net: str = "alex") -> str | None:
     """None when LPIPS can be computed; otherwise the reason, in one line."""
+    if not _lpips_installed():
+        return ("LPIPS unavailable: the optional package lpips is not installed "
+                "(pip install 'simgap[lpips]')")
     path = lpips_weights_path(net)
     if path.is_file():
         return None
@@ -106,13 +119,13 @@ def lpips_distance(
     """Per-image LPIPS (B,) of gray images in [0, 1] (replicated to RGB, scaled to [−1, 1],
     upsampled to at least 32 px for the backbone).
 
-    Raises :class:`MetricUnavailable` when the backbone weights are absent.  ``pnet_rand=True``
-    uses a randomly initialised backbone: for testing the plumbing only, *not* LPIPS.
+    Raises :class:`MetricUnavailable` when lpips or the backbone weights are absent.
+    ``pnet_rand=True`` uses a randomly initialised backbone: for testing the plumbing only,
+    *not* LPIPS.
     """
-    if not pnet_rand:
-        reason = lpips_status(net)
-        if reason:
-            raise MetricUnavailable(reason)
+    reason = lpips_status(net)
+    if reason and (not pnet_rand or not _lpips_installed()):
+        raise MetricUnavailable(reason)
     key = (net, pnet_rand, str(pred.device))
     if key not in _LPIPS_MODELS:
         import lpips

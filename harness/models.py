@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from harness.errors import SimgapError
 from harness.files import save_torch
 from harness.optics import FourF, OpticsConfig
+from harness.plugins import find_plugin, known_names
 
 Task = Literal["classify", "reconstruct", "both"]
 TASKS = ("classify", "reconstruct", "both")
@@ -101,9 +102,16 @@ DIGITAL_NETS: dict[str, Callable[[int], DigitalNet]] = {
 
 
 def build_digital(name: str, in_channels: int) -> DigitalNet:
-    if name not in DIGITAL_NETS:
-        raise SimgapError(f"digital: '{name}' is not one of {', '.join(DIGITAL_NETS)}")
-    return DIGITAL_NETS[name](in_channels)
+    """Digital network ``name``: built in, or a plug-in (:mod:`harness.plugins`, group
+    ``simgap.networks``), a callable ``(in_channels) -> DigitalNet``."""
+    factory = DIGITAL_NETS.get(name) or find_plugin("networks", name)
+    if factory is None:
+        known = known_names("networks", DIGITAL_NETS)
+        raise SimgapError(f"digital: '{name}' is not one of {known}")
+    net = factory(in_channels)
+    if not isinstance(net, DigitalNet):
+        raise SimgapError(f"digital: '{name}' returned {type(net).__name__}, not a DigitalNet")
+    return net
 
 
 class Decoder(nn.Module):

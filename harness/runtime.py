@@ -16,8 +16,6 @@ import ctypes
 import ctypes.util
 import os
 
-import torch
-
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
@@ -63,6 +61,8 @@ def usable_cores() -> int:
 def configure_threads(workers: int = 1) -> int:
     """Give this process ``max(1, cores // workers)`` intra-op threads (``$SIMGAP_THREADS``
     overrides); returns the count."""
+    import torch  # here, not at the top: `simgap --help` imports this module and must stay fast
+
     if os.environ.get("SIMGAP_THREADS", "").isdigit() and int(os.environ["SIMGAP_THREADS"]) > 0:
         torch.set_num_threads(int(os.environ["SIMGAP_THREADS"]))
         return torch.get_num_threads()

@@ -207,10 +207,11 @@ def fit(
 ) -> FitResult:
     """Train ``model`` on ``train_data`` (AdamW, cosine per step), select on ``val_data``.
 
-    Each epoch: one shuffled pass, evaluation on ``val_data`` (the only validation the method is
-    allowed), model selection (best ``config.select`` score; early stop after ``patience`` epochs
-    without improvement), a checkpoint ``checkpoint_dir/last.pt`` (model, optimizer, scheduler,
-    RNG states, history, best weights) and ``callback(epoch, metrics)``.  A run started with the
+    Each epoch: one shuffled pass (under ``policy``), evaluation on ``val_data`` (ideal frames;
+    the only validation the method is allowed), model selection (best ``config.select`` score;
+    early stop after ``patience`` epochs without improvement), a checkpoint
+    ``checkpoint_dir/last.pt`` (model, optimizer, scheduler, RNG states, history, best weights)
+    and ``callback(epoch, metrics)``.  A run started with the
     checkpoint of an interrupted one continues to the same result.  The model ends with the
     selected (best) weights.  Deterministic on CPU given ``config.seed``.
 
@@ -229,7 +230,7 @@ def fit(
         run = loop.resume(ckpt, run, torch.device(config.device))
         resumed_from = run["epoch"]
     if keep_initial and val_data is not None and run["best_state"] is None:
-        val = evaluate(model, val_data, policy, config.eval_batch_size, config.seed)
+        val = evaluate(model, val_data, None, config.eval_batch_size, config.seed)  # ideal sim
         run.update(best_score=score_of(val), best_epoch=-1, best_state=_clone_state(model))
 
     for p in frozen:
@@ -264,7 +265,7 @@ def _epochs(loop: _Loop, train_data, val_data, run: dict, score_of, ckpt, callba
         )  # fmt: skip
         metrics = {"epoch": epoch, "lr": loop.scheduler.get_last_lr()[-1], **train_loss}
         if val_data is not None:
-            val = evaluate(model, val_data, loop.policy, config.eval_batch_size, config.seed)
+            val = evaluate(model, val_data, None, config.eval_batch_size, config.seed)
             metrics.update({f"val_{k}": v for k, v in val.items() if _is_number(v)})
             score = score_of(val)
         else:
@@ -323,18 +324,20 @@ def _is_number(v) -> bool:
 def predict(model, data, policy=None, batch_size: int = 256, seed: int = 0) -> dict:
     """Outputs on all of ``data`` in order: dict(features, logits?, recon?) on the CPU.
 
-    Sim data are simulated with the policy in evaluation mode and a generator seeded from
-    ``seed``, so the same call gives the same frames every time.
+    Sim data are simulated ideally, or under one draw of ``policy`` per sample (a generator
+    seeded from ``seed``: the same call gives the same frames); real frames take no policy.
     """
     if len(data) == 0:
         raise SimgapError(f"{data.split}: no samples to predict on")
+    if policy is not None and data.domain != "sim":
+        raise SimgapError(f"policy: applies to simulated data, not to the {data.split} frames")
     was_training = model.training
     model.eval()
     device = model_device(model)
     generator = torch.Generator(device=device).manual_seed(seed + 104729)
     chunks: dict[str, list] = {}
     for index in data.batches(batch_size, None):
-        frames = data.batch_frames(model, index, policy, generator, train=False)
+        frames = data.batch_frames(model, index, policy, generator, train=policy is not None)
         out = model.forward_frames(frames, domain=data.domain)
         for k, v in out.items():
             chunks.setdefault(k, []).append(v.cpu())

@@ -32,17 +32,17 @@ from baselines import get_method
 from baselines.hparams import method_options
 from harness.data import load_source, split_source
 from harness.datasets import FrameData, ImageData, RealSplits
-from harness.lab.bench import EmulatedBench
-from harness.lab.plans import capture_dataset
 from harness.lab.validate import read_capture_set
 from harness.metrics import accuracy, feature_distance, reconstruction_metrics
 from harness.models import HybridModel, load_model, save_model
 from harness.optics import FourF
 from harness.optics.masks import export_mask
 from harness.train import TrainConfig, fit, predict
+from studies import captures
 from studies.cache import ArtifactCache
 from studies.config import ZERO_SHOT, StudyConfig, config_hash
 from studies.grid import Cell
+from studies.lineage import log_cell_lineage
 from studies.protocol import method_hparams
 
 CACHE_VERSION = 1
@@ -93,9 +93,7 @@ def sim_key(config: StudyConfig, policy: str, seed: int) -> dict:
 
 
 def capture_key(config: StudyConfig, policy: str, seed: int, bench: int) -> dict:
-    return {"kind": "captures", "v": CACHE_VERSION,
-            "sim": config_hash(sim_key(config, policy, seed)),
-            "bench": bench, "preset": config.bench.preset}
+    return captures.capture_key(config, config_hash(sim_key(config, policy, seed)), bench)
 
 
 def train_config(config: StudyConfig, budget, seed: int, lr: float | None = None):
@@ -153,22 +151,20 @@ def sim_model(config: StudyConfig, cache: ArtifactCache, policy: str, seed: int)
 
 # ---------------------------------------------------------------------------------- stage 2-3
 def capture_set(config: StudyConfig, cache: ArtifactCache, policy: str, seed: int,
-                bench_seed: int, model=None) -> Path:
-    """The cached capture set (pool / val / test inputs) of the sim model's mask on a bench."""
+                bench_seed: int, model=None, study_dir: Path | None = None) -> Path:
+    """The cached capture set (pool / val / test inputs) of the sim model's mask on a bench
+    (an ``exchange`` bench raises CapturesPending until the lab's answer is there)."""
     key = capture_key(config, policy, seed, bench_seed)
 
-    def build(tmp: Path) -> None:
+    def request():
         nonlocal model
         if model is None:
             model, _, _ = sim_model(config, cache, policy, seed)
-        data = study_data(config)
-        bench = EmulatedBench(config.optics, bench_seed, config.bench.preset)
-        splits = {s: data.splits[s] for s in ("pool", "val", "test")}
-        capture_dataset(bench, model.encoder.phase.detach(), data.images, splits, tmp / "set",
-                        progress=False, info={"simgap": {"sim_key": config_hash(key)}})
+        info = {"simgap": {"sim_key": config_hash(key)}}
+        return captures.capture_request(config, study_data(config), model.encoder.phase, info,
+                                        config.bench.of(bench_seed))  # fmt: skip
 
-    path, _ = cache.get_or_build("captures", key, build)
-    return path / "set"
+    return captures.capture_set(config, cache, key, policy, seed, request, study_dir)
 
 
 def real_splits(config: StudyConfig, capture_dir: Path):
@@ -191,20 +187,25 @@ def run_cell(handle, cell: Cell, run) -> dict:
     cache = ArtifactCache(handle.cache_dir)
     data = study_data(config)
     model, record, _ = sim_model(config, cache, cell.policy, cell.seed)
-    cap_dir = capture_set(config, cache, cell.policy, cell.seed, cell.bench, model)
+    cap_dir = capture_set(config, cache, cell.policy, cell.seed, cell.bench, model,
+                          handle.study_dir)
     real = real_splits(config, cap_dir)
     run.log_params({
         **record["policy"],
         "sim_key": config_hash(sim_key(config, cell.policy, cell.seed)),
         "capture_key": config_hash(capture_key(config, cell.policy, cell.seed, cell.bench)),
-        "splits_hash": data.splits_hash, "bench_preset": config.bench.preset,
+        "splits_hash": data.splits_hash, "bench_preset": config.bench.of(cell.bench).preset,
+        "bench_kind": config.bench.of(cell.bench).kind,
+        "bench_label": config.bench.of(cell.bench).label,
         "sim_best_epoch": record["best_epoch"],
     })  # fmt: skip
     run.log_history("sim", record["history"])
     adapted, metrics = _adapt(config, data, cell, model, real, run)
     metrics.update(_final_evaluation(config, data, cell, adapted, real, run))
     primary = config.primary_metric
-    run.log_metrics({f"curve/{primary}": metrics[primary]}, step=round(cell.percent))
+    run.log_metrics({f"curve/{primary}": metrics[primary]}, step=metrics["n_real_pool"])
+    log_cell_lineage(run, handle, cell, data, cap_dir,
+                     config_hash(capture_key(config, cell.policy, cell.seed, cell.bench)), adapted)
     return {primary: metrics.pop(primary), **metrics}
 
 

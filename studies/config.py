@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,11 +24,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from augment.policy import build_policy
+from baselines import get_method
 from harness.data import SOURCES
 from harness.errors import SimgapError
 from harness.lab.bench import MASK_INITS
-from harness.lab.bench import PRESETS as BENCH_PRESETS
 from harness.optics import OpticsConfig
+from harness.plugins import find_plugin
+from studies.benches import BenchConfig, check_bench
+from studies.overrides import apply_overrides
 from studies.protocol import AdaptBudget, SelectionConfig, check_methods
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -129,16 +133,6 @@ class PolicySpec(_Strict):
             raise SimgapError(f"{path}: {_first_error(exc)}") from None
 
 
-class BenchConfig(_Strict):
-    seeds: list[int] = [0]
-    preset: str = "typical"
-
-    @field_validator("seeds")
-    @classmethod
-    def _unique(cls, v: list[int]) -> list[int]:
-        return _unique_nonempty(v)
-
-
 class GridConfig(_Strict):
     """Liveness of workers: a running cell refreshes its heartbeat every ``heartbeat_s``; a cell
     whose heartbeat is older than ``stale_after_s`` (or whose local worker process is gone) is
@@ -166,9 +160,8 @@ class StudyConfig(_Strict):
         {}, description="per method: overrides of baselines.hparams defaults")
     policies: list[PolicySpec] = [PolicySpec(name="none"), PolicySpec(name="physics")]
     ablations: list[PolicySpec] = Field([], description="policies evaluated at 0 % only")
-    methods: list[Literal["finetune-head", "finetune-full", "real-only", "siamese"]] = [
-        "finetune-head"
-    ]
+    methods: list[str] = Field(["finetune-head"], description="finetune-head, finetune-full, "
+                               "real-only, siamese, or a plug-in (harness.plugins)")
     fractions: list[float] = [0.0, 0.01, 0.05, 1.0]
     seeds: list[int] = [0, 1, 2]
     bench: BenchConfig = BenchConfig()
@@ -218,6 +211,11 @@ class StudyConfig(_Strict):
     @field_validator("methods")
     @classmethod
     def _methods(cls, v: list[str]) -> list[str]:
+        for name in v:
+            try:
+                get_method(name)  # built in or a plug-in
+            except SimgapError as exc:
+                raise ValueError(str(exc).split(": ", 1)[-1]) from None
         return _unique_nonempty(v)
 
     @model_validator(mode="after")
@@ -340,17 +338,21 @@ def parse_config(data: Any, where: str = "config", base: Path | None = None) -> 
     return config
 
 
-def load_config(path: str | Path | None = None) -> StudyConfig:
-    """Read and validate a study config file (or preset name)."""
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> StudyConfig:
+    """Read and validate a study config file (or preset name), with ``--set key.sub=value``
+    ``overrides`` (:mod:`studies.overrides`) applied before validation."""
     path = resolve_config_path(path)
-    return parse_config(_read_yaml(path), str(path), base=path.parent)
+    data = apply_overrides(_read_yaml(path), overrides)
+    where = f"{path} (with --set {' '.join(overrides)})" if overrides else str(path)
+    return parse_config(data, where, base=path.parent)
 
 
 def validate_components(config: StudyConfig, where: str = "config") -> None:
     """Check the names other modules own (source, policies, methods, preset, mask init) by
     building them; each problem is a one-line SimgapError naming the field."""
     source = config.data.source
-    if source not in SOURCES and not source.startswith("folder:"):
+    plugin = source not in SOURCES and find_plugin("sources", source) is not None
+    if source not in SOURCES and not source.startswith("folder:") and not plugin:
         raise SimgapError(f"{where}: data.source: {source!r} is not one of {', '.join(SOURCES)}")
     if config.model.mask_init not in MASK_INITS and not Path(config.model.mask_init).exists():
         raise SimgapError(
@@ -358,11 +360,7 @@ def validate_components(config: StudyConfig, where: str = "config") -> None:
             f"{', '.join(MASK_INITS)} or an existing mask file"
         )
     check_methods(config, where)
-    if config.bench.preset not in BENCH_PRESETS:
-        raise SimgapError(
-            f"{where}: bench.preset: {config.bench.preset!r} is not one of "
-            f"{', '.join(BENCH_PRESETS)}"
-        )
+    check_bench(config.bench, where)
     for field, specs in (("policies", config.policies), ("ablations", config.ablations)):
         for i, spec in enumerate(specs):
             try:

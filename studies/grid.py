@@ -53,7 +53,7 @@ def grid_cells(config: StudyConfig) -> list[Cell]:
     positive = [f for f in config.fractions if f > 0]
     for seed in config.seeds:
         for spec in config.all_policies():
-            for bench in config.bench.seeds:
+            for bench in config.bench.all_seeds:
                 if 0.0 in config.fractions:
                     cells.append(Cell(spec.key, ZERO_SHOT, 0.0, seed, bench))
                 if spec in config.ablations:

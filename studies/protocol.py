@@ -76,10 +76,10 @@ def method_hparams(method: str, overrides: dict | None, adapt: AdaptBudget) -> d
 def check_methods(config, where: str) -> None:
     """The study's methods exist and its ``hparams`` overrides name known methods and values."""
     for method in config.methods:
-        if method not in baselines.METHODS:
-            raise SimgapError(
-                f"{where}: methods: {method!r} is not one of {', '.join(baselines.METHODS)}"
-            )
+        try:
+            baselines.get_method(method)  # built in or a plug-in
+        except SimgapError as exc:
+            raise SimgapError(f"{where}: methods: {exc}") from None
     for method, overrides in config.hparams.items():
         try:
             method_hparams(method, overrides, config.adapt)

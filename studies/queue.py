@@ -14,6 +14,9 @@ Recovery:
   atomic, so only one worker re-queues it).
 - :func:`sync_grid` queues every cell that has no COMPLETE, WAITING or RUNNING trial, e.g. cells
   that failed with an error.
+- A cell whose capture request has no answer yet (an ``exchange`` bench) is queued again with
+  the request id (:func:`await_captures`, user attribute ``needs_captures``) and claimed only
+  once an answer is there; its failed try never counts as a failure.
 - Two claims of one cell (only possible around a re-queue race) are settled at start
   (:func:`duplicate_of`): the lower trial number runs, the other is pruned without running.
 
@@ -42,6 +45,8 @@ from studies.storage import StudyHandle, first_line
 log = logging.getLogger("simgap.studies")
 
 LIVE = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+NEEDS = "needs_captures"  # user attribute of a queued cell waiting for a capture request's answer
+CELL_STATES = ("complete", "running", "waiting-for-captures", "queued", "failed")  # study status
 
 
 def cell_of(trial: optuna.trial.FrozenTrial) -> str | None:
@@ -90,14 +95,15 @@ def enqueue(handle: StudyHandle, cells: list[Cell], extra_attrs: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------- claim
-def claim(handle: StudyHandle, last_group: tuple | None) -> optuna.Trial | None:
+def claim(handle: StudyHandle, last_group: tuple | None, ready=None) -> optuna.Trial | None:
     """Claim a WAITING trial (atomic).  Prefer the sim model this worker used last, then cells
-    whose sim model no running cell is building, so workers spread over models."""
+    whose sim model no running cell is building, so workers spread over models.  A cell waiting
+    for captures is claimed only when ``ready(request id)`` says its answer is there."""
     study, storage = handle.study, handle.storage
     trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
     busy = {group(t.system_attrs["fixed_params"]) for t in trials
             if t.state == TrialState.RUNNING and "fixed_params" in t.system_attrs}
-    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    waiting = [t for t in trials if t.state == TrialState.WAITING and claimable(t, ready)]
 
     def rank(t):
         g = group(t.system_attrs.get("fixed_params", {}))
@@ -114,6 +120,12 @@ def claim(handle: StudyHandle, last_group: tuple | None) -> optuna.Trial | None:
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
     return None
+
+
+def claimable(trial: optuna.trial.FrozenTrial, ready) -> bool:
+    """False for a cell waiting for captures whose answer is not there."""
+    needs = trial.user_attrs.get(NEEDS)
+    return needs is None or ready is None or ready(needs)
 
 
 def group(params: dict) -> tuple:
@@ -236,6 +248,14 @@ def requeue_stale(handle: StudyHandle) -> list[str]:
     return requeued
 
 
+def stale_cells(handle: StudyHandle) -> list[str]:
+    """The cells of RUNNING trials whose worker is gone or silent, read-only (the next
+    ``study run`` or worker re-queues them: :func:`requeue_stale`)."""
+    now, stale_after = time.time(), handle.config.grid.stale_after_s
+    return sorted(cell_of(t) or "?" for t in handle.study.get_trials(
+        deepcopy=False, states=(TrialState.RUNNING,)) if is_stale(t, now, stale_after))
+
+
 def fail_stale(study: optuna.Study, stale_after: float) -> None:
     """Mark FAIL the stale RUNNING trials of a study that is not a grid (nothing re-queued)."""
     now = time.time()
@@ -252,15 +272,26 @@ def fail(storage, trial_id: int) -> bool:
         return False
 
 
-def hand_back(handle: StudyHandle, trial: optuna.Trial, reason: str) -> None:
-    """Fail this worker's own running ``trial`` and queue its cell again (e.g. on SIGTERM)."""
+def hand_back(handle: StudyHandle, trial: optuna.Trial, reason: str,
+              extra: dict | None = None) -> None:  # fmt: skip
+    """Fail this worker's own running ``trial`` and queue its cell again (e.g. on SIGTERM);
+    ``extra``: user attributes of the new trial."""
     if fail(handle.storage, trial._trial_id):
-        _requeue(handle, handle.storage.get_trial(trial._trial_id), reason)
+        _requeue(handle, handle.storage.get_trial(trial._trial_id), reason, extra)
 
 
-def _requeue(handle: StudyHandle, trial: optuna.trial.FrozenTrial, reason: str) -> None:
+def await_captures(handle: StudyHandle, trial: optuna.Trial, request_id: str) -> None:
+    """Queue ``trial``'s cell again as waiting for the answer to capture request
+    ``request_id`` (the failed try is marked, so it never counts as a failure)."""
+    trial.set_user_attr(NEEDS, request_id)
+    hand_back(handle, trial, f"waiting for captures {request_id}", {NEEDS: request_id})
+
+
+def _requeue(handle: StudyHandle, trial: optuna.trial.FrozenTrial, reason: str,
+             extra: dict | None = None) -> None:  # fmt: skip
     cell = cell_of(trial)
-    log.warning("re-queueing cell %s (trial %d: %s)", cell, trial.number, reason)
+    (log.info if extra else log.warning)("re-queueing cell %s (trial %d: %s)", cell,
+                                         trial.number, reason)  # fmt: skip
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id:
         try:
@@ -268,7 +299,7 @@ def _requeue(handle: StudyHandle, trial: optuna.trial.FrozenTrial, reason: str) 
         except Exception as exc:  # noqa: BLE001 - best effort; the trial state is what counts
             log.warning("could not mark MLflow run %s killed: %s", run_id, first_line(exc))
     cells = [c for c in grid_cells(handle.config) if c.id == cell]
-    enqueue(handle, cells, {"retry_of": trial.number})
+    enqueue(handle, cells, {"retry_of": trial.number, **(extra or {})})
 
 
 def reconcile_runs(handle: StudyHandle) -> dict[str, str]:
@@ -307,7 +338,8 @@ def grid_summary(handle: StudyHandle) -> dict:
     trials = handle.study.get_trials(deepcopy=False)
     complete = {cell_of(t) for t in trials if t.state == TrialState.COMPLETE}
     cells = grid_cells(handle.config)
-    failed = sorted({cell_of(t) for t in trials if t.state == TrialState.FAIL} - complete)
+    failed = sorted({cell_of(t) for t in trials if t.state == TrialState.FAIL
+                     and NEEDS not in t.user_attrs} - complete)  # fmt: skip
     return {
         "cells": len(cells),
         "complete": sum(c.id in complete for c in cells),
@@ -316,3 +348,29 @@ def grid_summary(handle: StudyHandle) -> dict:
                    if t.state == TrialState.FAIL and "error" in t.user_attrs
                    and cell_of(t) not in complete},
     }
+
+
+def cell_states(handle: StudyHandle, ready=None) -> dict:
+    """Cells per state (``complete``, ``running``, ``waiting-for-captures``, ``queued``,
+    ``failed``, each cell by its last try) and the request ids waiting cells need."""
+    last: dict[str, optuna.trial.FrozenTrial] = {}
+    complete = set()
+    for t in sorted(handle.study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if t.state == TrialState.COMPLETE:
+            complete.add(cell_of(t))
+        elif t.state != TrialState.PRUNED:
+            last[cell_of(t)] = t
+    counts = dict.fromkeys(CELL_STATES, 0)
+    needs = []
+    for cell in grid_cells(handle.config):
+        t = last.get(cell.id)
+        if cell.id in complete:
+            state = "complete"
+        elif t is None or t.state == TrialState.WAITING:
+            state = "queued" if t is None or claimable(t, ready) else "waiting-for-captures"
+        else:
+            state = "running" if t.state == TrialState.RUNNING else "failed"
+        counts[state] += 1
+        if state == "waiting-for-captures":
+            needs.append(t.user_attrs[NEEDS])
+    return {"counts": counts, "needs": needs}

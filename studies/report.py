@@ -22,15 +22,16 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from optuna.trial import TrialState
+from tqdm.auto import tqdm
 
 from harness.errors import SimgapError
 from harness.files import staged_dir
 from studies.config import ZERO_SHOT, StudyConfig
 from studies.figures import figure_curves, figure_gap, figure_policies, figure_tsne
 from studies.grid import AXES, Cell, grid_cells
+from studies.live import log_curve_points
 from studies.outputs import (
     comparisons_table,
     findings,
@@ -77,6 +78,7 @@ def collect(handle: StudyHandle) -> pd.DataFrame:
             continue
         cell = cells[cell_id]
         rows.append({"cell": cell_id, "variant": cell.variant, **cell.params,
+                     "bench_label": handle.config.bench.of(cell.bench).label,
                      "percent": cell.percent, "trial": trial.number, "run_id": run_id,
                      **run.data.metrics})
     df = pd.DataFrame(rows)
@@ -166,9 +168,9 @@ def build_report(
         raise SimgapError(f"{study_dir}: no completed cells yet; nothing to report")
     dest = study_dir / "report"
     with staged_dir(dest) as tmp:
-        points = _write_report(handle, df, tmp)
+        _write_report(handle, df, tmp)
     if log_to_mlflow and handle.parent_run_id:
-        _log_parent(handle, points, handle.config.primary_metric, dest)
+        _log_parent(handle, dest)
     return dest / "report.md"
 
 
@@ -195,6 +197,7 @@ def _write_report(handle: StudyHandle, df: pd.DataFrame, tmp: Path) -> pd.DataFr
     figs = _figures(df, points, config, metric, tmp / "figures", stamp)
     figs += _tsne_figures(handle, df, tmp, stamp)
     md = report_markdown(handle, df, grid_cells(config), tabs, head, figs)
+    md += _per_bench(df, config, metric, tmp)
     (tmp / "report.md").write_text(md)
     return points
 
@@ -232,7 +235,7 @@ def _tsne_figures(handle: StudyHandle, df: pd.DataFrame, tmp: Path,
     out = []
     by_cell = df.set_index("cell")
     tracking = handle.tracking()
-    for cell in tsne_cells(config):
+    for cell in tqdm(tsne_cells(config), desc="report: t-SNE", unit="figure", leave=False):
         if cell.id not in by_cell.index:
             continue
         got = tracking.download(by_cell.loc[cell.id, "run_id"], FEATURES, tmp / "dl")
@@ -244,6 +247,27 @@ def _tsne_figures(handle: StudyHandle, df: pd.DataFrame, tmp: Path,
         out.append((f"t-SNE, {cell.id}", stem))
     shutil.rmtree(tmp / "dl", ignore_errors=True)
     return out
+
+
+def _per_bench(df: pd.DataFrame, config: StudyConfig, metric: str, tmp: Path) -> str:
+    """With several bench kinds: each one's headline and tables (``tables/NAME@BENCH``) and
+    their report section; "" with one."""
+    labels = sorted(df["bench_label"].unique()) if "bench_label" in df else []
+    if len(labels) < 2:
+        return ""
+    lines = ["## Per bench", "", "The numbers above pool every bench; here each bench alone.", ""]
+    for label in labels:
+        part = df[df["bench_label"] == label]
+        tabs = {**tables(part, config, metric),
+                **headline_tables(headline(part, config, metric))}  # fmt: skip
+        for name, table in tabs.items():
+            caption = CAPTIONS.get(name, "Headline numbers").format(metric=metric)
+            write_table(table, tmp / "tables" / f"{name}@{_slug(label)}",
+                        f"{caption} (bench {label})")  # fmt: skip
+        lines += [f"### bench `{label}`", ""]
+        lines += [tabs[n].to_markdown() + "\n" for n in ("headline_policies", "fraction_curves")
+                  if n in tabs]  # fmt: skip
+    return "\n".join(lines)
 
 
 def _slug(text: str) -> str:
@@ -314,8 +338,9 @@ def _intro(handle, df, expected) -> list[str]:
         f"- cells: **{len(done)} / {len(expected)}** complete"
         + (f" (missing: {', '.join(missing[:20])}{' …' if len(missing) > 20 else ''})"
            if missing else ""),
-        (f"- seeds {config.seeds}, bench seeds {config.bench.seeds} (preset "
-        f"`{config.bench.preset}`), real fractions {[f'{f * 100:g} %' for f in config.fractions]}"),
+        (f"- seeds {config.seeds}, benches "
+        f"{', '.join(f'`{b.label}` {b.seeds}' for b in config.bench.blocks)}, "
+        f"real fractions {[f'{f * 100:g} %' for f in config.fractions]}"),
         (f"- source `{config.data.source}` at n = {config.data.size}; sim train/val/test "
         f"{config.data.sim.train}/{config.data.sim.val}/{config.data.sim.test}; real "
         f"pool/val/test {config.data.real.pool}/{config.data.real.val}/{config.data.real.test}"),
@@ -350,15 +375,9 @@ def _body(tabs, figs, metric) -> list[str]:
     return lines
 
 
-def _log_parent(handle: StudyHandle, points: pd.DataFrame, metric: str, dest: Path) -> None:
-    """Curves at step = % real on the parent run, and the report as its artifact."""
+def _log_parent(handle: StudyHandle, dest: Path) -> None:
+    """The curve points the parent run still lacks (:mod:`studies.live`), and the report as
+    its artifact."""
     tracking = handle.tracking()
-    if not points.empty:
-        s = summarize(points, ["curve", "percent"], metric)
-        for curve, group in s.groupby("curve"):
-            for _, row in group.iterrows():
-                if np.isfinite(row["mean"]):
-                    tracking.log_metrics(handle.parent_run_id,
-                                         {f"curve/{curve}/{metric}": row["mean"]},
-                                         step=round(row["percent"]))
+    log_curve_points(handle, tracking)
     tracking.log_artifact(handle.parent_run_id, dest, "report")

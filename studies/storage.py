@@ -6,6 +6,11 @@ Storage URLs: none -> SQLite in the study folder; ``journal:PATH`` or ``*.log`` 
 (e.g. PostgreSQL), which lets workers on several machines share one study.  A remote worker
 opens a study from the storage alone: the config and the tracking URI are stored as study user
 attributes.
+
+A study folder is relocatable: the stores inside it are stored relative to it
+(:func:`studies.urls.in_folder`) and made absolute against the folder it is opened from, and the
+MLflow artifact locations follow the folder (:mod:`studies.tracking`); a moved or copied folder
+reads and writes only its own stores.
 """
 
 from __future__ import annotations
@@ -23,12 +28,24 @@ from harness.files import write_json, write_text
 from studies import tracking
 from studies.config import StudyConfig, load_config, parse_config
 from studies.grid import search_space
-from studies.urls import export_password, mask_url, split_password
+from studies.overrides import describe_changes
+from studies.urls import (
+    export_password,
+    folder_of,
+    from_folder,
+    in_folder,
+    mask_url,
+    split_password,
+)
 
 __all__ = ["export_password", "mask_url", "split_password"]  # re-exported for callers
 
 STUDY_JSON = "study.json"
 CONFIG_YAML = "config.yaml"
+#: A grid is a queue, not a search: its trial value is what a dashboard may rank without
+#: inviting test-set selection; every metric is a trial user attribute (``metrics``, and the
+#: primary one under its own name).
+GRID_OBJECTIVE = "cell_seconds"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -166,6 +183,7 @@ class StudyHandle:
     artifact_location: str | None = None
     parent_run_id: str | None = None
     study_dir: Path | None = None
+    home: Path | None = None  # the study folder a worker opened by its storage URL found
     _study: optuna.Study | None = field(default=None, repr=False)
 
     @property
@@ -186,13 +204,17 @@ class StudyHandle:
         return tracking.Tracking(self.tracking_uri, self.experiment, self.artifact_location)
 
     def info(self) -> dict:
-        """What is stored (study.json, Optuna user attributes): URLs without passwords."""
+        """What is stored (study.json, Optuna user attributes): URLs without passwords; with
+        the storage inside the study folder, every store inside it relative to the folder."""
+        home = self.study_dir or self.home
+        if in_folder(self.storage_url, home) == self.storage_url:
+            home = None  # a storage elsewhere: a remote worker needs absolute paths
         return {
             "study_name": self.study_name,
-            "storage": split_password(self.storage_url)[0],
-            "tracking_uri": split_password(self.tracking_uri)[0],
+            "storage": in_folder(split_password(self.storage_url)[0], home),
+            "tracking_uri": in_folder(split_password(self.tracking_uri)[0], home),
             "experiment": self.experiment,
-            "artifact_location": self.artifact_location,
+            "artifact_location": in_folder(self.artifact_location, home),
             "parent_run_id": self.parent_run_id,
             "config_hash": self.config.hash(),
         }
@@ -227,9 +249,11 @@ def create_study(
         if not any(t.state == optuna.trial.TrialState.COMPLETE
                    for t in handle.study.get_trials(deepcopy=False)):
             hint = f"no cell of it completed: `rm -r {study_dir}` starts over, or use another --out"
+        fields = describe_changes(handle.config.model_dump(mode="json"),
+                                  config.model_dump(mode="json"))
         raise SimgapError(
             f"{study_dir}: holds a study of a different config "
-            f"({handle.config.name}, hash {handle.config.hash()}); {hint}"
+            f"({handle.config.name}, hash {handle.config.hash()}; changed: {fields}); {hint}"
         )
     return handle
 
@@ -251,9 +275,13 @@ def _new_study(config, study_dir: Path, storage, tracking_uri) -> StudyHandle:
         study_name=handle.study_name,
         storage=handle.storage,
         sampler=QueueGridSampler(search_space(config), seed=0),
-        direction="maximize",
+        direction="minimize",  # the trial value is the cell's wall time, never a test score
         load_if_exists=True,
     )
+    if study.metric_names is None:
+        with warnings.catch_warnings():  # experimental in Optuna 4-5, unchanged since 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([GRID_OBJECTIVE])
     handle.parent_run_id = handle.tracking().parent_run(
         handle.study_name, {"config": config.model_dump(mode="json")}
     )
@@ -290,21 +318,43 @@ def _open_folder(path: Path, cache_dir, tracking_uri) -> StudyHandle:
     except json.JSONDecodeError as exc:
         raise SimgapError(f"{meta_path}: invalid JSON ({exc.msg})") from None
     config = load_config(path / CONFIG_YAML)
+    home = path.resolve()
+    meta = _moved_from_old_place(meta, home)
+    storage = from_folder(meta["storage"], home)
+    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).is_file():
+        raise SimgapError(f"{path}: its Optuna storage {storage[len('sqlite:///'):]} is missing")
     return StudyHandle(
         config=config,
-        storage_url=meta["storage"],
+        storage_url=storage,
         study_name=meta["study_name"],
-        cache_dir=Path(cache_dir) if cache_dir else path.resolve() / "cache",
-        tracking_uri=tracking_uri or meta["tracking_uri"],
+        cache_dir=Path(cache_dir) if cache_dir else home / "cache",
+        tracking_uri=tracking_uri or from_folder(meta["tracking_uri"], home),
         experiment=meta["experiment"],
-        artifact_location=meta.get("artifact_location"),
+        artifact_location=from_folder(meta.get("artifact_location"), home, bare_path=True),
         parent_run_id=meta.get("parent_run_id"),
         study_dir=path.resolve(),
     )
 
 
+def _moved_from_old_place(meta: dict, home: Path) -> dict:
+    """``study.json`` of a folder written before paths were stored relative to it: a SQLite
+    storage named by an absolute path elsewhere whose file this folder holds means the folder
+    was moved or copied, so every path of the old folder is taken as one inside this one."""
+    stored = meta["storage"]
+    if not stored.startswith("sqlite:////"):
+        return meta
+    old = Path(stored.removeprefix("sqlite:///"))
+    if old.parent == home or not (home / old.name).is_file():
+        return meta
+    keys = ("storage", "tracking_uri", "artifact_location")
+    return {**meta, **{k: in_folder(meta.get(k), old.parent) for k in keys}}
+
+
 def _open_url(target: str, study_name, cache_dir, tracking_uri) -> StudyHandle:
     url = resolve_storage_url(target, None)
+    for scheme in ("sqlite:///", "journal:"):  # never create a storage file by opening it
+        if url.startswith(scheme) and not Path(url.removeprefix(scheme)).is_file():
+            raise SimgapError(f"{target}: no such storage file {url.removeprefix(scheme)}")
     storage = open_storage(url)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
              if "config_hash" in s.user_attrs]
@@ -319,13 +369,15 @@ def _open_url(target: str, study_name, cache_dir, tracking_uri) -> StudyHandle:
         raise SimgapError(f"--study: {study_name!r} is not a simgap study in {target}")
     attrs = optuna.load_study(study_name=study_name, storage=storage).user_attrs
     config = parse_config(attrs["config"], f"{target} (study {study_name})")
+    home = folder_of(url, attrs["storage"])  # the storage file's study folder, wherever it is
     return StudyHandle(
         config=config,
         storage_url=url,
         study_name=study_name,
         cache_dir=Path(cache_dir or Path.cwd() / "simgap-cache" / study_name).resolve(),
-        tracking_uri=tracking_uri or attrs["tracking_uri"],
+        tracking_uri=tracking_uri or from_folder(attrs["tracking_uri"], home),
         experiment=attrs["experiment"],
-        artifact_location=attrs.get("artifact_location"),
+        artifact_location=from_folder(attrs.get("artifact_location"), home, bare_path=True),
         parent_run_id=attrs.get("parent_run_id"),
+        home=home,
     )

@@ -5,10 +5,16 @@ tracking URI (e.g. ``http://host:5000``) can replace it.  Several worker process
 SQLite file, so every call is retried while the database is locked.
 
 Cell runs carry the tags ``simgap.cell`` (the cell id) and ``simgap.trial`` (the Optuna trial
-number); the parent run carries ``simgap.study`` (storage study name).  Metrics logged per cell:
-per-epoch curves (step = epoch), the final numbers (no step), and ``curve/<metric>`` at
-step = real fraction in percent, so MLflow's chart of a metric over the nested runs is the
-fine-tune-fraction curve.
+number); the parent run carries ``simgap.study`` (storage study name).  Every run carries
+MLflow's standard tags (:func:`studies.lineage.standard_tags`: user, source, git commit).
+Metrics logged per cell: per-epoch curves (step = epoch), the final numbers (no step), and
+``curve/<metric>`` at step = the labelled real images of its fraction; the study run gets the
+mean of each fraction-curve point as ``curve/<policy>/<method>/<metric>`` at the same step as
+soon as all cells of the point are done (:mod:`studies.live`).
+
+A SQLite store keeps absolute artifact locations; when its folder was moved or copied (the
+database no longer beside the ``mlruns/`` its experiment names), opening it points the
+experiment, its runs and models at the ``mlruns/`` beside the database (:func:`follow_folder`).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from harness.data import cache_dir
 from harness.errors import SimgapError
 from harness.files import atomic_write
 from studies import stopping
+from studies.lineage import standard_tags
 from studies.urls import mask_url
 
 T = TypeVar("T")
@@ -85,6 +92,33 @@ def prepare_sqlite_store(uri: str) -> None:
         return
     with source:
         atomic_write(path, lambda tmp: _copy_from(source, tmp))
+
+
+def follow_folder(db: Path, experiment_id: str, old: str, new: str) -> None:
+    """Point the artifact root of an experiment of the SQLite store ``db`` and the artifact
+    URIs of its runs and logged models from ``old`` to ``new``, in one transaction (the store
+    was moved or copied with its ``mlruns/``; the old place is never read or written again)."""
+    import sqlite3
+
+    con = sqlite3.connect(db, timeout=120, isolation_level=None)
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        exp = int(experiment_id)
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                    (new, exp))
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master")}
+        for table, column in (("runs", "artifact_uri"), ("logged_models", "artifact_location")):
+            if table in tables:
+                con.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                    f"WHERE experiment_id = ? AND substr({column}, 1, ?) = ?",
+                    (new.rstrip("/") + "/", len(old.rstrip("/")) + 2, exp,
+                     len(old.rstrip("/")) + 1, old.rstrip("/") + "/"),
+                )
+        con.execute("COMMIT")
+    finally:
+        con.close()
+    logging.getLogger("simgap.studies").info("MLflow artifacts: %s now (was %s)", new, old)
 
 
 def _migrate(tmp: Path) -> None:
@@ -159,14 +193,17 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 class Tracking:
-    """An MLflow client bound to one experiment (created on first use, race-safe)."""
+    """An MLflow client bound to one experiment (created on first use, race-safe); its runs
+    name ``source`` as their ``mlflow.source.name``."""
 
-    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None):
+    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None,
+                 source: str = "simgap study"):
         _quiet()
         from mlflow import MlflowClient
 
         self.uri = uri
         self.experiment = experiment
+        self.source = source
         _check_reachable(uri)
         try:
             prepare_sqlite_store(uri)
@@ -181,6 +218,11 @@ class Tracking:
     def _experiment(self, artifact_location: str | None) -> str:
         found = retry(self.client.get_experiment_by_name, self.experiment)
         if found is not None:
+            beside = artifact_location_for(self.uri)
+            old = found.artifact_location or ""
+            if (artifact_location == beside and old != beside and old.startswith("file://")
+                    and old.rstrip("/").endswith("/mlruns")):
+                retry(follow_folder, _sqlite_path(self.uri), found.experiment_id, old, beside)
             return found.experiment_id
         try:
             return retry(self.client.create_experiment, self.experiment, artifact_location)
@@ -217,7 +259,8 @@ class Tracking:
             self.client.create_run,
             self.experiment_id,
             run_name=study_name,
-            tags={"simgap.study": study_name, "simgap.kind": "study"},
+            tags={**standard_tags(self.source), "simgap.study": study_name,
+                  "simgap.kind": "study"},
         )
         self.log_params(run.info.run_id, params)
         return run.info.run_id
@@ -225,7 +268,8 @@ class Tracking:
     def start_cell(
         self, parent_run_id: str | None, cell_id: str, tags: Mapping[str, str], params: Mapping
     ) -> CellRun:
-        all_tags = {"simgap.cell": cell_id, "simgap.kind": "cell", **tags}
+        all_tags = {**standard_tags(self.source), "simgap.cell": cell_id, "simgap.kind": "cell",
+                    **tags}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = retry(self.client.create_run, self.experiment_id, run_name=cell_id, tags=all_tags)
@@ -252,6 +296,19 @@ class Tracking:
         for i in range(0, len(items), METRICS_PER_BATCH):
             retry(self.client.log_batch, run_id, metrics=items[i : i + METRICS_PER_BATCH])
 
+    def log_inputs(self, run_id: str, datasets: Iterable[Mapping[str, Any]]) -> None:
+        """Datasets as run inputs: dicts of name, digest, source (a dict, stored as JSON),
+        profile (a dict) and context (``mlflow.data.context``: train, validation, ...)."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = [DatasetInput(
+            Dataset(d["name"], str(d["digest"])[:36], "local", json.dumps(d["source"]),
+                    profile=json.dumps(d.get("profile", {}))),
+            tags=[InputTag("mlflow.data.context", d["context"])]) for d in datasets]
+        retry(self.client.log_inputs, run_id, datasets=inputs)
+
     def set_status(self, run_id: str, status: str) -> None:
         retry(self.client.set_terminated, run_id, status=status)
 
@@ -260,6 +317,7 @@ class Tracking:
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         path = Path(path)
+        _forget_artifact_repo(run_id)
         if path.is_dir():
             retry(self.client.log_artifacts, run_id, str(path), artifact_path)
         else:
@@ -270,10 +328,24 @@ class Tracking:
         dst.mkdir(parents=True, exist_ok=True)
         from mlflow.exceptions import MlflowException
 
+        _forget_artifact_repo(run_id)
+
         try:
             return Path(retry(self.client.download_artifacts, run_id, artifact_path, str(dst)))
         except (MlflowException, OSError):
             return None
+
+
+def _forget_artifact_repo(run_id: str) -> None:
+    """MLflow caches each run's artifact location per process, by run id; a copied study folder
+    holds the same run ids at another place, so the location is read from the store each time."""
+    try:
+        from mlflow.tracking._tracking_service import utils
+    except ImportError:  # pragma: no cover - another MLflow layout: nothing cached there
+        return
+    cache = getattr(utils, "_artifact_repos_cache", None)
+    if cache is not None:
+        cache.pop(run_id, None)
 
 
 class CellRun:
@@ -297,6 +369,9 @@ class CellRun:
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.tracking.log_artifact(self.run_id, path, artifact_path)
+
+    def log_inputs(self, datasets: Iterable[Mapping[str, Any]]) -> None:
+        self.tracking.log_inputs(self.run_id, datasets)
 
     def end(self, status: str = "FINISHED") -> None:
         self.tracking.set_status(self.run_id, status)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -77,6 +78,10 @@ def real_val_accuracy(config: StudyConfig, model, bench_seed: int, workdir: Path
                     workdir / "val-captures", progress=False)
     val = read_capture_set(workdir / "val-captures", splits=["val"]).val
     return _accuracy(model, val.frames, val.labels)
+
+
+OBJECTIVE_NAMES = {"sim-val": "sim_val_acc", "real-val": "real_val_acc",
+                   "real-val-from-budget": "budget_val_acc"}
 
 
 def tuning_protocol(config: StudyConfig, target: str) -> str:
@@ -207,6 +212,17 @@ def _method_objective(config, method: str, seed: int, bench_seed: int, tracker, 
     return objective
 
 
+def _emulated_bench(config: StudyConfig, bench_seed: int | None) -> int:
+    """The bench seed to tune on (default: the study's first); tuning captures on an emulated
+    bench, so a driver or exchange bench of the study is refused."""
+    bench_seed = config.bench.seeds[0] if bench_seed is None else bench_seed
+    if config.bench.of(bench_seed).kind != "emulated":
+        raise SimgapError(f"--bench-seed: bench {bench_seed} of the study is a "
+                          f"{config.bench.of(bench_seed).kind} bench; tuning captures on an "
+                          "emulated one")  # fmt: skip
+    return bench_seed
+
+
 def run_tuning(
     config: StudyConfig,
     out: str | Path,
@@ -224,7 +240,7 @@ def run_tuning(
     if trials < 1:
         raise SimgapError(f"--trials: must be at least 1, got {trials}")
     seed = config.seeds[0] if seed is None else seed
-    bench_seed = config.bench.seeds[0] if bench_seed is None else bench_seed
+    bench_seed = _emulated_bench(config, bench_seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     protocol = tuning_protocol(config, "method" if method else "policy")
@@ -233,8 +249,12 @@ def run_tuning(
     fraction = target.get("fraction")
     url = resolve_storage_url(storage, out)
     study = _tuning_study(config, url, target, seed, bench_seed, trials)
+    if study.metric_names is None:  # the objective's name in optuna-dashboard
+        with warnings.catch_warnings():  # experimental in Optuna 4-5, unchanged since 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([OBJECTIVE_NAMES[protocol]])
     uri = tracking_uri or config.tracking_uri or tracking.default_tracking_uri(out)
-    tracker = tracking.Tracking(uri, f"simgap/{config.name}-tune")
+    tracker = tracking.Tracking(uri, f"simgap/{config.name}-tune", source="simgap tune")
     parent = tracker.parent_run(study.study_name, {**target, "seed": seed, "bench": bench_seed,
                                                    "protocol": protocol, "real_labels": labels,
                                                    "config": config.model_dump(mode="json")})
@@ -246,7 +266,7 @@ def run_tuning(
                                        prepared) if method else
                      _policy_objective(config, policy, seed, bench_seed, tracker, parent,
                                        protocol))  # fmt: skip
-        study.optimize(objective, n_trials=left, catch=())
+        study.optimize(objective, n_trials=left, catch=(), show_progress_bar=True)  # with ETA
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         tracker.set_status(parent, "FAILED")
         raise SimgapError(f"{out}: no tuning trial completed (all pruned or failed)")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import re
-from urllib.parse import unquote
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+from urllib.request import url2pathname
 
 _USERINFO = re.compile(
     r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/:@\s]*):(?P<pw>[^@/\s]*)@"
@@ -51,3 +53,59 @@ def export_password(url: str | None) -> str | None:
         os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(password)
         return url[: match.start("user")] + url[match.end():]
     return url
+
+
+# ---------------------------------------------------------------------------------- folders
+# A store inside the study folder is written relative to it (``sqlite:///optuna.db``,
+# ``journal:optuna.log``, ``mlruns`` for an artifact location) wherever it is stored, and made
+# absolute against the folder it is opened from: a moved or copied folder uses its own stores.
+_FILE_SCHEMES = ("sqlite:///", "journal:", "file://")
+
+
+def _local_path(url: str) -> tuple[str, str] | None:
+    """(scheme, path) of a URL naming a local file or folder; None for any other URL."""
+    for scheme in _FILE_SCHEMES:
+        if url.startswith(scheme):
+            rest = url[len(scheme):]
+            return scheme, url2pathname(urlsplit(url).path) if scheme == "file://" else rest
+    return None
+
+
+def in_folder(url: str | None, folder: str | Path | None) -> str | None:
+    """``url`` written relative to ``folder`` when it names a file inside it, else unchanged."""
+    local = None if url is None or folder is None else _local_path(url)
+    if local is None or not Path(local[1]).is_absolute():
+        return url
+    scheme, path = local
+    try:
+        rel = Path(path).resolve().relative_to(Path(folder).resolve()).as_posix()
+    except ValueError:  # outside the folder: stays absolute
+        return url
+    return rel if scheme == "file://" else f"{scheme}{rel}"
+
+
+def from_folder(url: str | None, folder: str | Path | None, bare_path: bool = False) -> str | None:
+    """The absolute form of a URL :func:`in_folder` wrote relative to ``folder``; a bare relative
+    path (an artifact location, ``bare_path``) becomes a ``file://`` URI."""
+    if url is None or folder is None:
+        return url
+    base = Path(folder).resolve()
+    for scheme in ("sqlite:///", "journal:"):
+        rest = url.removeprefix(scheme)
+        if url.startswith(scheme) and rest and rest != ":memory:" and not Path(rest).is_absolute():
+            return f"{scheme}{base / rest}"
+    if bare_path and ":" not in url and not Path(url).is_absolute():
+        return (base / url).as_uri()
+    return url
+
+
+def folder_of(url: str, stored: str) -> Path | None:
+    """The study folder of a file storage opened by its absolute ``url`` whose study stored it
+    as the folder-relative ``stored`` (e.g. ``sqlite:///optuna.db``); None when not relative."""
+    local, rel = _local_path(url), _local_path(stored)
+    if local is None or rel is None or Path(rel[1]).is_absolute():
+        return None
+    path, parts = Path(local[1]).resolve(), Path(rel[1]).parts
+    if path.parts[-len(parts):] != parts:
+        return None
+    return path.parents[len(parts) - 1]

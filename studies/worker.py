@@ -28,13 +28,16 @@ import torch
 from optuna.trial import TrialState
 
 from harness.errors import SimgapError
+from harness.lab.exchange import CapturesPending
 from harness.runtime import cell_threads
-from studies import queue, stopping
+from studies import captures, live, queue, stopping
 from studies.cells import run_cell
 from studies.config import StudyConfig
 from studies.grid import Cell, grid_cells, search_space
+from studies.progress import Eta
 from studies.report import build_report
 from studies.storage import (
+    GRID_OBJECTIVE,
     StudyHandle,
     create_study,
     export_password,
@@ -44,6 +47,7 @@ from studies.storage import (
 )
 
 log = logging.getLogger("simgap.studies")
+ETA = Eta()  # this process's estimate of the study's remaining time
 
 Runner = Callable[..., dict]
 
@@ -86,13 +90,13 @@ def work(
         queue.requeue_stale(handle)
         trial = None
         try:
-            trial = queue.claim(handle, last_group)
+            trial = queue.claim(handle, last_group, captures.ready_check(handle.config,
+                                                                         handle.study_dir))
             if trial is None:
-                state = queue.trial_counts(handle)
-                if not wait or not (state.get("RUNNING", 0) or state.get("WAITING", 0)):
+                if not _keep_waiting(handle, wait):
                     break
                 with stopping.interruptible():
-                    time.sleep(poll_s)
+                    time.sleep(handle.config.bench.poll or poll_s)
                 continue
             params = {axis: trial.suggest_categorical(axis, vals)
                       for axis, vals in search_space(handle.config).items()}
@@ -104,6 +108,16 @@ def work(
                 queue.hand_back(handle, trial, "worker stopped")
             raise
     return done
+
+
+def _keep_waiting(handle: StudyHandle, wait: bool) -> bool:
+    """With nothing to claim: wait while other workers run or queue cells, and, when the
+    bench polls (``bench.poll_s`` > 0), while cells wait for captures."""
+    counts = queue.cell_states(handle, captures.ready_check(handle.config,
+                                                            handle.study_dir))["counts"]
+    if counts["waiting-for-captures"] and handle.config.bench.poll > 0:
+        return True
+    return wait and bool(counts["running"] or counts["queued"])
 
 
 def run_trial(handle, trial: optuna.Trial, cell: Cell, runner: Runner, tracker) -> bool:
@@ -133,6 +147,10 @@ def run_trial(handle, trial: optuna.Trial, cell: Cell, runner: Runner, tracker) 
         return True
     except optuna.exceptions.UpdateFinishedTrialError:
         log.warning("cell %s: trial %d was taken over meanwhile", cell.id, trial.number)
+        return False
+    except CapturesPending as exc:  # queued again, claimed when the lab's answer is there
+        log.info("cell %s: %s", cell.id, exc)
+        queue.await_captures(handle, trial, exc.request_id)
         return False
     except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the worker
         full = disk_full(exc, handle)
@@ -195,12 +213,18 @@ def _run_cell(handle, trial: optuna.Trial, cell: Cell, runner: Runner, run, t0: 
     run.log_metrics(metrics)
     trial.set_user_attr("metrics", metrics)
     objective = handle.config.primary_metric
-    handle.study.tell(trial, metrics[objective])
+    trial.set_user_attr(objective, metrics[objective])  # a column of the dashboard's table
+    handle.study.tell(trial, metrics[GRID_OBJECTIVE])  # never a test score (GRID_OBJECTIVE)
     run.end("FINISHED")
+    try:
+        live.log_curve_points(handle, run.tracking, cell)
+    except Exception as exc:  # noqa: BLE001 - a chart never fails a completed cell
+        log.warning("curve of cell %s not logged on the study run: %s", cell.id, first_line(exc))
     total = len(grid_cells(handle.config))
     done = queue.grid_summary(handle)["complete"]
-    log.info("[%d/%d] %s: %s = %.4f (%.0f s)", done, total, cell.id, objective,
-             metrics[objective], metrics["cell_seconds"])
+    log.info("[%d/%d] %s: %s = %.4f (%.0f s)%s", done, total, cell.id, objective,
+             metrics[objective], metrics["cell_seconds"],
+             ETA.after(done, total, metrics["cell_seconds"]))
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -247,6 +271,10 @@ def run_study(
     else:
         _run_processes(out, workers, tracking_uri)
     summary = queue.grid_summary(handle)
+    states = queue.cell_states(handle, captures.ready_check(config, out))
+    summary["states"] = states["counts"]
+    if states["needs"]:
+        summary["waiting"] = captures.waiting_requests(config, out, states["needs"])
     complete = summary["complete"] == summary["cells"]
     if report and summary["complete"]:
         summary["report"] = str(build_report(out, tracking_uri=tracking_uri))

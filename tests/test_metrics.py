@@ -1,6 +1,7 @@
 """Metrics: accuracy, PSNR / SSIM, honest LPIPS availability, MMD and Fréchet distances."""
 
 import math
+import sys
 
 import pytest
 import torch
@@ -71,7 +72,21 @@ def test_lpips_detects_weights_file(empty_torch_home):
     assert M.lpips_status("alex") is not None
 
 
+def test_lpips_without_the_optional_package_is_unavailable(empty_torch_home, monkeypatch):
+    path = M.lpips_weights_path("alex")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"")  # weights present, package missing
+    monkeypatch.setitem(sys.modules, "lpips", None)  # `import lpips` fails as if not installed
+    reason = M.lpips_status("alex")
+    assert reason is not None and "simgap[lpips]" in reason
+    x = torch.rand(2, 1, 32, 32)
+    with pytest.raises(M.MetricUnavailable, match="not installed"):
+        M.lpips_distance(x, x, pnet_rand=True)
+    assert M.reconstruction_metrics(x, x, lpips=True)["unavailable"]["lpips"] == reason
+
+
 def test_lpips_plumbing_with_random_backbone(empty_torch_home):
+    pytest.importorskip("lpips")  # the optional extra simgap[lpips]
     # pnet_rand: a random backbone, no weights needed; checks the call path, it is NOT LPIPS
     gen = torch.Generator().manual_seed(0)
     a = torch.rand(2, 1, 16, 16, generator=gen)

@@ -130,7 +130,7 @@ def test_trainable_parts(digits):
 def physics_run(train, val, checkpoint_dir=None, callback=None):
     cfg = OpticsConfig(n=N)
     model = make_model()
-    policy = build_policy("physics", {"sensor": 0.5, "misalignment": 0.5}, cfg)
+    policy = build_policy("physics", config=cfg)  # every family at 0.5
     result = fit(
         model, train, val, quick(epochs=3, seed=5), policy=policy,
         checkpoint_dir=checkpoint_dir, callback=callback,

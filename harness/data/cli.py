@@ -48,5 +48,5 @@ def add_cli(subparsers) -> None:
     info.set_defaults(func=_cmd_info)
     prep = sub.add_parser("prepare", help="unpack Fashion-MNIST and cache resized tensors")
     prep.add_argument("--data-root", help="folder with Fashion-MNIST files (else $SIMGAP_DATA)")
-    prep.add_argument("--size", type=int, default=DEFAULT_SIZE, help="image size n (default 32)")
+    prep.add_argument("--size", type=int, default=DEFAULT_SIZE, help="image size n (default: 32)")
     prep.set_defaults(func=_cmd_prepare)

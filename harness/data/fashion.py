@@ -117,11 +117,13 @@ def _download(root: Path, tried: str) -> dict[str, Path]:
 
 
 def locate_fashion(data_root: Path | None, download: bool) -> tuple[dict[str, Path], str]:
-    """Find (or fetch) Fashion-MNIST; returns the files and a description of their origin."""
+    """Find (or fetch) Fashion-MNIST; returns the files and a description of their origin.
+
+    A ``data_root`` given (``--data-root`` or ``$SIMGAP_DATA``) is the only place looked at: a
+    folder that does not exist is an error, one without the files is downloaded into (never a
+    silent fallback to another copy)."""
     if data_root is not None:
-        found = find_fashion(data_root)
-        if found:
-            return found, str(found["train_images"].parent)
+        return _from_data_root(Path(data_root), download)
     debian = find_fashion(DEBIAN_FASHION_DIR)
     if debian:
         unpacked = (
@@ -134,10 +136,25 @@ def locate_fashion(data_root: Path | None, download: bool) -> tuple[dict[str, Pa
     cached = find_fashion(cache_dir())
     if cached:
         return cached, str(cached["train_images"].parent)
-    tried = ", ".join(str(p) for p in (data_root, DEBIAN_FASHION_DIR, cache_dir()) if p)
+    tried = f"{DEBIAN_FASHION_DIR}, {cache_dir()}"
     if not download or os.environ.get("SIMGAP_OFFLINE"):
         raise SimgapError(f"fashion-mnist: not found in {tried}; {FASHION_HOWTO}")
-    found = _download(data_root or cache_dir(), tried)
+    found = _download(cache_dir(), tried)
+    return found, f"{found['train_images'].parent} (downloaded by torchvision)"
+
+
+def _from_data_root(data_root: Path, download: bool) -> tuple[dict[str, Path], str]:
+    if not data_root.is_dir():
+        raise SimgapError(
+            f"fashion-mnist: data root {data_root} is not a folder (from --data-root or "
+            f"$SIMGAP_DATA); {FASHION_HOWTO}"
+        )
+    found = find_fashion(data_root)
+    if found:
+        return found, str(found["train_images"].parent)
+    if not download or os.environ.get("SIMGAP_OFFLINE"):
+        raise SimgapError(f"fashion-mnist: not found in data root {data_root}; {FASHION_HOWTO}")
+    found = _download(data_root, str(data_root))
     return found, f"{found['train_images'].parent} (downloaded by torchvision)"
 
 
@@ -160,10 +177,12 @@ def train_rows(files: dict[str, Path]) -> int:
 
 
 def fashion_info(data_root: Path | None) -> dict | None:
-    """Counts and origin of the Fashion-MNIST files found without downloading, else None."""
+    """Counts and origin of the Fashion-MNIST files found without downloading, else None (a
+    ``data_root`` given is the only place looked at, as in :func:`locate_fashion`)."""
     files = None
-    for folder in (data_root, DEBIAN_FASHION_DIR, cache_dir()):
-        if folder is not None and (files := find_fashion(folder)):
+    folders = (DEBIAN_FASHION_DIR, cache_dir()) if data_root is None else (Path(data_root),)
+    for folder in folders:
+        if (files := find_fashion(folder)):
             break
     if not files:
         return None

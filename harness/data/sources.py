@@ -41,6 +41,7 @@ from harness.data.fashion import (
 )
 from harness.data.splits import split_indices
 from harness.errors import SimgapError
+from harness.plugins import find_plugin, known_names
 
 SOURCES = ("fashion-mnist", "digits", "folder:PATH")
 DEFAULT_SIZE = 32
@@ -240,11 +241,24 @@ def load_source(
     elif name.startswith("folder:"):
         data = _load_folder(name, size)
     else:
-        raise SimgapError(
-            f"source: unknown image source {name!r} (choose from {', '.join(SOURCES)})"
-        )
+        data = _load_plugin(name, size, resolve_data_root(data_root), download)
     if limit is not None:
         data = _limit(data, limit)
+    return data
+
+
+def _load_plugin(name: str, size: int, data_root: Path | None, download: bool) -> ImageSet:
+    """A plug-in source (:mod:`harness.plugins`, group ``simgap.sources``): a callable
+    ``(size, data_root, download) -> ImageSet`` with images at ``size``."""
+    factory = find_plugin("sources", name)
+    if factory is None:
+        raise SimgapError(
+            f"source: unknown image source {name!r} (choose from "
+            f"{known_names('sources', SOURCES)})"
+        )
+    data = factory(size=size, data_root=data_root, download=download)
+    if not isinstance(data, ImageSet) or data.size != size:
+        raise SimgapError(f"source: {name!r} did not return an ImageSet of {size}x{size} images")
     return data
 
 

@@ -9,8 +9,11 @@ Zernike astigmatism / coma / spherical, zero-order leakage, SLM fringing, a disp
 (an uncorrected γ ≈ 2.2 at ``harsh``), a residual dark offset, a gain error, a PRNU map,
 vignetting, an SLM off the Fourier plane (axial offset), a LUT scale that varies across the
 panel, and display pixel crosstalk.  :meth:`EmulatedBench.split` returns the two parameter
-sets.  Two more unmodelled effects are not parameter fields: 8-bit display quantization of the
-inputs and a slow drift of the mask and camera shifts with the capture index.  The bench shows
+sets.  The ``unmodelled`` preset is a bench that is *not* the policy's families drawn again: it
+turns them off (but the camera's shot / read noise) and adds camera pixels that integrate over
+their area (``camera_fill``) to the unmodelled effects at typical-to-harsh strength.  Two more
+unmodelled effects are not parameter fields: 8-bit display quantization of the inputs and a slow
+drift of the mask and camera shifts with the capture index.  The bench shows
 the *learned* mask (the phase of the encoder it is given) on its SLM through its own imperfect
 optics (same OpticsConfig geometry).
 
@@ -62,11 +65,11 @@ DISPLAY_BITS = 8  # the input display (and the exported input PNGs) are 8-bit
 _M64 = (1 << 64) - 1
 #: The bench's parameter fields that no augmentation policy draws (the policies draw
 #: POLICY_FIELDS); the bench sets every field of Imperfections but phase_levels (its LUT levels
-#: are the config's lut_bits) and camera_fill (point-sampling pixels: the exact box mean with a
-#: rotated SLM costs several times a capture).
+#: are the config's lut_bits) and, but in the "unmodelled" preset, camera_fill (point-sampling
+#: pixels: the exact box mean with a rotated SLM costs several times a capture).
 UNMODELLED_FIELDS = (
     "fringing", "zero_order", "zernike", "gamma", "dark_offset", "gain", "prnu", "vignetting",
-    "slm_axial_offset", "lut_scale_tilt", "display_crosstalk",
+    "slm_axial_offset", "lut_scale_tilt", "display_crosstalk", "camera_fill",
 )
 
 
@@ -101,6 +104,7 @@ class BenchPreset(BaseModel):
     slm_axial_offset_mm: float  # SLM distance from the Fourier plane
     lut_scale_tilt: float  # relative change of the LUT scale from the panel centre to its edge
     display_crosstalk: float  # fraction of a display pixel's light in each of its 4 neighbours
+    camera_fill: float = 0.0  # linear fill factor of camera pixels × U(0.9, 1); 0 = point samples
 
 
 PRESETS: dict[str, BenchPreset] = {
@@ -130,6 +134,20 @@ PRESETS: dict[str, BenchPreset] = {
         vignetting=0.25, photons=500.0, read_noise_e=10.0, dark_offset_e=15.0, bit_depth=10,
         gain_error=0.1, drift_px=1.0, drift_period=500.0,
         slm_axial_offset_mm=3.0, lut_scale_tilt=0.08, display_crosstalk=0.05,
+    ),
+    # "not our policy": the policy families are off (no defocus, misalignment, drift, LUT error
+    # or phase pattern; only the shot / read noise and ADC every camera has), so the whole gap
+    # comes from effects no default policy draws: an SLM 2 mm off the Fourier plane, a LUT
+    # scale varying across the panel, display crosstalk, pixels integrating over their area,
+    # on top of the Zernike, zero-order, fringing, gamma, PRNU, vignetting and gain effects
+    "unmodelled": BenchPreset(
+        defocus_waves=0.0, mask_shift_px=0.0, mask_rotation_deg=0.0, camera_shift_px=0.0,
+        lut_scale_error=0.0, lut_offset_rad=0.0, phase_noise_rad=0.0,
+        astigmatism_waves=0.15, coma_waves=0.1, spherical_waves=0.08,
+        zero_order=0.06, fringing_px=0.6, gamma=1.0, gamma_error=0.25, prnu=0.01,
+        vignetting=0.12, photons=2000.0, read_noise_e=5.0, dark_offset_e=5.0, bit_depth=12,
+        gain_error=0.05, drift_px=0.0, drift_period=1000.0,
+        slm_axial_offset_mm=2.0, lut_scale_tilt=0.06, display_crosstalk=0.04, camera_fill=1.0,
     ),
 }  # fmt: skip
 
@@ -211,18 +229,34 @@ class EmulatedBench(ParameterGenerator):
             "slm_axial_offset_m": signed(p.slm_axial_offset_mm) * 1e-3,
             "lut_scale_tilt": vec(p.lut_scale_tilt),
             "display_crosstalk": mag(p.display_crosstalk),
+            "camera_fill": spread(p.camera_fill, 0.9, 1.0),  # 0 (point pixels) but "unmodelled"
         }
-        # Slow drift: (2 shifts, 2 axes, 3 sinusoids) amplitudes, periods, phases.
+        self._off = self._ideal_fields()
+        self._drift_terms = self._draw_drift(gen)
+        N, H = cfg.N, self.frame_size
+        self._phase_noise = p.phase_noise_rad * torch.randn(1, 1, N, N, generator=gen)
+        self._prnu = 1.0 + p.prnu * torch.randn(1, 1, H, H, generator=gen)
+
+    def _draw_drift(self, gen: torch.Generator) -> tuple:
+        """Slow drift: (2 shifts, 2 axes, 3 sinusoids) amplitudes, periods, phases."""
+        p = self.levels
         w = torch.rand(2, 2, 3, generator=gen, dtype=torch.float64) + 0.25
         amp = w * (p.drift_px * math.sqrt(2.0) / w.square().sum(-1, keepdim=True).sqrt())
         period = p.drift_period * 4.0 ** (
             torch.rand(2, 2, 3, generator=gen, dtype=torch.float64) - 0.5
         )
         phase = 2 * math.pi * torch.rand(2, 2, 3, generator=gen, dtype=torch.float64)
-        self._drift_terms = (amp, period, phase)
-        N, H = cfg.N, self.frame_size
-        self._phase_noise = p.phase_noise_rad * torch.randn(1, 1, N, N, generator=gen)
-        self._prnu = 1.0 + p.prnu * torch.randn(1, 1, H, H, generator=gen)
+        return amp, period, phase
+
+    def _ideal_fields(self) -> set[str]:
+        """The fields a preset turns off (level 0): left ideal (None), not set to zero."""
+        p = self.levels
+        drift = float(p.drift_px != 0)
+        levels = {"defocus_dz": p.defocus_waves, "mask_rotation": p.mask_rotation_deg,
+                  "mask_shift": p.mask_shift_px + drift, "camera_shift": p.camera_shift_px + drift,
+                  "lut_scale": p.lut_scale_error, "lut_offset": p.lut_offset_rad,
+                  "phase_noise": p.phase_noise_rad, "camera_fill": p.camera_fill}  # fmt: skip
+        return {name for name, level in levels.items() if level == 0}
 
     def drift(self, capture_index: torch.Tensor) -> torch.Tensor:
         """(B, 2, 2) drift of (mask shift, camera shift) × (x, y), pixels, at each capture index."""
@@ -267,8 +301,10 @@ class EmulatedBench(ParameterGenerator):
             slm_axial_offset=one(f["slm_axial_offset_m"]),
             lut_scale_tilt=torch.tensor([f["lut_scale_tilt"]]),
             display_crosstalk=one(f["display_crosstalk"]),
+            camera_fill=one(f["camera_fill"]),
         )
-        return imp.to(index.device)
+        kept = {k: v for k, v in imp.items() if k not in self._off}
+        return Imperfections(**kept).to(index.device)
 
     def split(self, capture_index) -> tuple[Imperfections, Imperfections]:
         """(the fields the policy families draw too, the effects no policy models) at these

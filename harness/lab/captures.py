@@ -15,7 +15,9 @@ no symlinks pointing out).
 
 ``bench.json`` is a JSON object.  Its ``"capture"`` block describes the frames:
 ``classes`` (list of class names, required), and optionally ``frame_size`` [H, W], ``channels``
-k, ``bit_depth`` and ``frame_format`` ("png" / "tiff").  Everything else in bench.json is free
+k, ``bit_depth``, ``frame_format`` ("png" / "tiff") and ``calibration`` ({"dark": [paths],
+"flat": [paths]}: unlabelled camera dark frames and a flat field, a uniform white input through
+a zero-phase mask; frames like the others, never test data).  Everything else in bench.json is free
 (bench seed, preset, parameters, source name, ...) and is never read by training code.
 
 Frames are single-channel 8/16-bit integer PNG or TIFF, or float32 TIFF with values in [0, 1].
@@ -50,6 +52,9 @@ BENCH_JSON = "bench.json"
 MASK_NPZ = "mask.npz"
 FORMAT_VERSION = 1
 FRAME_SUFFIXES = {".png": "png", ".tif": "tiff", ".tiff": "tiff"}
+#: Unlabelled calibration frames a capture set may hold: camera dark frames (no light) and a
+#: flat field (a uniform white input through a zero-phase mask).
+CALIBRATION = ("dark", "flat")
 IO_THREADS = max(1, min(8, (os.cpu_count() or 1) * 2))  # frame files are encoded in parallel
 
 
@@ -66,6 +71,8 @@ class CaptureSet:
     mask_phase: torch.Tensor  # (k, N, N) float32 radians
     root: Path
     manifest: pd.DataFrame = field(repr=False)  # the validated manifest rows of these inputs
+    #: unlabelled calibration frames {"dark": (D, H, W), "flat": (F, H, W)} (may be empty)
+    calibration: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
@@ -164,6 +171,7 @@ def write_capture_set(
     progress: bool = True,
     overwrite: bool = False,
     capture_ids=None,
+    calibration: dict | None = None,
 ) -> Path:
     """Write a capture set atomically (temp folder next to ``out_dir``, then rename).
 
@@ -172,7 +180,8 @@ def write_capture_set(
     (``bit_depth`` 1..16); ``fmt="tiff", bit_depth=32`` stores float32 exactly.  ``capture_ids``
     (M, k) defaults to the running index m·k + c.  Refuses a non-empty ``out_dir`` unless
     ``overwrite``.  Every argument is checked before anything is written, so the set written
-    passes :func:`harness.lab.validate.validate_capture_set`.  Returns the folder.
+    passes :func:`harness.lab.validate.validate_capture_set`.  ``calibration``: unlabelled
+    frames {"dark": (D, H, W), "flat": (F, H, W)} in [0, 1].  Returns the folder.
     """
     out_dir = Path(out_dir)
     arr = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
@@ -192,6 +201,7 @@ def write_capture_set(
         raise ValueError("bench_info: key 'capture' is reserved for the capture-set block")
     info["capture"] = capture_info(rows.classes, (H, W), k, bit_depth, fmt)
     info["capture"].update(n_inputs=M, n_frames=M * k)
+    calib = _checked_calibration(calibration, (H, W), fmt, info["capture"])
     try:
         bench_text = json.dumps(info, indent=2, sort_keys=False, default=_json_default)
     except TypeError as exc:
@@ -200,6 +210,7 @@ def write_capture_set(
     _check_target(out_dir, overwrite)
     with staged_dir(out_dir) as tmp:
         manifest = _write_frames(tmp, arr, rows, cids, fmt, bit_depth, progress)
+        _write_calibration(tmp, calib, fmt, bit_depth)
         manifest.to_csv(tmp / MANIFEST, index=False)
         (tmp / BENCH_JSON).write_text(bench_text + "\n")
         np.savez(tmp / MASK_NPZ, phase=phase)
@@ -291,15 +302,10 @@ def _write_frames(
                 (cids[m, c], int(rows.ids[m]), rows.splits[m], int(rows.labels[m]), c, rel)
             )
             jobs.append((tmp / rel, m, c))
-    scale = float(2**bit_depth - 1)
 
     def write(job) -> None:
         path, m, c = job
-        x = arr[m, c]
-        if bit_depth == 32:
-            _save_frame(path, x.astype(np.float32))
-        else:
-            _save_frame(path, np.rint(x.astype(np.float64) * scale).astype(np.uint16))
+        _save_frame(path, _encoded(arr[m, c], bit_depth))
 
     with (
         ThreadPoolExecutor(IO_THREADS) as pool,
@@ -308,6 +314,50 @@ def _write_frames(
         for _ in pool.map(write, jobs):
             bar.update()
     return pd.DataFrame(manifest, columns=list(COLUMNS))
+
+
+def _encoded(x: np.ndarray, bit_depth: int) -> np.ndarray:
+    """A frame in [0, 1] as stored: float32 (bit depth 32) or round(x (2**bits - 1)) uint16."""
+    if bit_depth == 32:
+        return x.astype(np.float32)
+    return np.rint(x.astype(np.float64) * float(2**bit_depth - 1)).astype(np.uint16)
+
+
+def calibration_name(name: str, index: int, fmt: str = "png") -> str:
+    """Relative path of one calibration frame, e.g. ``calibration/dark_000.png``."""
+    suffix = {"png": "png", "tiff": "tif"}[fmt]
+    return f"calibration/{name}_{int(index):03d}.{suffix}"
+
+
+def _checked_calibration(calibration: dict | None, size: tuple[int, int], fmt: str,
+                         block: dict) -> dict:  # fmt: skip
+    """{name: (D, H, W) float array} of the calibration frames (names in CALIBRATION); lists
+    their files in the capture ``block``."""
+    out = {}
+    for name, frames in (calibration or {}).items():
+        if name not in CALIBRATION:
+            raise ValueError(f"calibration: '{name}' is not one of {', '.join(CALIBRATION)}")
+        a = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else frames
+        a = np.asarray(a, dtype=np.float32)
+        a = a[None] if a.ndim == 2 else a
+        if a.ndim != 3 or a.shape[1:] != tuple(size) or not len(a):
+            raise ValueError(f"calibration.{name}: expected (D, {size[0]}, {size[1]}) frames, "
+                             f"got shape {a.shape}")
+        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+            raise ValueError(f"calibration.{name}: values must be finite and in [0, 1]")
+        out[name] = a
+    if out:
+        block["calibration"] = {
+            name: [calibration_name(name, j, fmt) for j in range(len(a))] for name, a in out.items()
+        }
+    return out
+
+
+def _write_calibration(tmp: Path, calib: dict, fmt: str, bit_depth: int) -> None:
+    for name, frames in calib.items():
+        (tmp / "calibration").mkdir(exist_ok=True)
+        for j, x in enumerate(frames):
+            _save_frame(tmp / calibration_name(name, j, fmt), _encoded(x, bit_depth))
 
 
 def _save_frame(path: Path, x: np.ndarray) -> None:

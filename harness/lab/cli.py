@@ -14,7 +14,13 @@ from harness.errors import SimgapError
 from harness.files import staged_dir
 from harness.lab.bench import PRESETS, EmulatedBench
 from harness.lab.captures import SPLITS
-from harness.lab.plans import capture_dataset, capture_plan, export_inputs, resolve_mask
+from harness.lab.plans import (
+    capture_dataset,
+    capture_plan,
+    export_inputs,
+    exported_plan,
+    resolve_mask,
+)
 from harness.lab.validate import pair_with_inputs, validate_capture_set
 from harness.optics import OpticsConfig
 from harness.optics.masks import export_mask
@@ -74,9 +80,7 @@ def _cmd_capture(args) -> int:
     _check_out(args.out, args.overwrite)
     phase, cfg = resolve_mask(args.mask, args.channels, args.size, args.mask_seed)
     bench = EmulatedBench(cfg, args.bench_seed, args.preset)
-    data, splits, sizes = _load_inputs(args, cfg)
-    info = {"mask": str(args.mask), "split_seed": args.split_seed,
-            "split_sizes": sizes, "limit": args.limit}  # fmt: skip
+    data, splits, plan, info = _capture_inputs(args, cfg)
     out = capture_dataset(
         bench,
         phase,
@@ -89,6 +93,7 @@ def _cmd_capture(args) -> int:
         order_seed=args.split_seed,
         overwrite=args.overwrite,
         info=info,
+        plan=plan,
     )
     print(
         f"captured {sum(len(i) for i in splits.values())} inputs x {phase.shape[0]} channel(s) "
@@ -96,6 +101,31 @@ def _cmd_capture(args) -> int:
         f"-> {out}"
     )
     return 0
+
+
+def _inputs_csv(args) -> Path | None:
+    """``--inputs``, else the inputs.csv of an exported ``--mask`` folder, else None."""
+    if args.inputs is not None:
+        if not args.inputs.is_file():
+            raise SimgapError(f"--inputs: {args.inputs}: file not found")
+        return args.inputs
+    listed = Path(args.mask) / "inputs.csv"
+    return listed if listed.is_file() else None
+
+
+def _capture_inputs(args, cfg: OpticsConfig):
+    """(source, splits, plan or None, bench.json info): an exported inputs.csv when there is
+    one (its inputs, splits and order), else the split options."""
+    listed = _inputs_csv(args)
+    if listed is None:
+        data, splits, sizes = _load_inputs(args, cfg)
+        info = {"mask": str(args.mask), "split_seed": args.split_seed,
+                "split_sizes": sizes, "limit": args.limit}  # fmt: skip
+        return data, splits, None, info
+    data = load_source(args.source, size=cfg.n, data_root=args.data_root, limit=args.limit)
+    plan = exported_plan(listed, data)
+    splits = {s: plan.loc[plan["split"] == s, "input_id"].to_numpy() for s in SPLITS}
+    return data, splits, plan, {"mask": str(args.mask), "inputs": str(listed), "limit": args.limit}
 
 
 def _cmd_export(args) -> int:
@@ -126,6 +156,8 @@ def format_summary(summary: dict, pairing: dict | None = None) -> str:
         ),
         "  inputs per split: "
         + ", ".join(f"{s} {n}" for s, n in summary["inputs_per_split"].items()),
+        "  calibration frames (unlabelled): "
+        + (", ".join(f"{k} {n}" for k, n in summary.get("calibration", {}).items()) or "none"),
     ]
     table = pd.DataFrame(summary["inputs_per_split_and_class"]).reindex(summary["classes"])
     table = table.fillna(0).astype(int)
@@ -185,14 +217,15 @@ def _add_input_args(parser) -> None:
     parser.add_argument(
         "--size", type=int, default=None, help="image size n (default: the mask's optics, else 32)"
     )
-    parser.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST files")
+    parser.add_argument("--data-root", default=None,
+                        help="folder with the Fashion-MNIST files (else $SIMGAP_DATA)")
     parser.add_argument(
         "--limit", type=int, default=None, help="stratified subset of the source (as data.limit)"
     )
     for flag, part, name, n in _SIZE_FLAGS:
         what = f"sim {name}" if part == "sim" else f"real {name}"
         parser.add_argument(
-            f"--{flag}", type=int, default=n, help=f"{what} inputs of the split (default {n})"
+            f"--{flag}", type=int, default=n, help=f"{what} inputs of the split (default: {n})"
         )
     parser.add_argument(
         "--split-seed",
@@ -202,20 +235,19 @@ def _add_input_args(parser) -> None:
     )
 
 
-def _add_mask_args(parser, positional: bool) -> None:
-    help_mask = "exported mask folder or mask.npz, or random | zeros | edge to make one"
-    if positional:
-        parser.add_argument("mask", metavar="MASK", help=help_mask)
-    else:
-        parser.add_argument("--mask", required=True, metavar="MASK", help=help_mask)
+def _add_mask_args(parser) -> None:
+    parser.add_argument("--mask", required=True, metavar="MASK", help=MASK_HELP)
     parser.add_argument(
-        "--channels", type=int, default=None, help="masks k for random/zeros/edge (default 1)"
+        "--channels", type=int, default=None, help="masks k for random/zeros/edge (default: 1)"
     )
     parser.add_argument("--mask-seed", type=int, default=0, help="seed of a random/edge mask")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     _add_input_args(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
+
+#: The one style of the mask option (``capture``, ``export-mask``, ``policies preview``, ``demo``).
+MASK_HELP = "random | zeros | edge to make one, or an exported mask folder or mask.npz"
 
 _SPLIT_RULE = (
     "The inputs are the real pool / val / test parts of the study split: the source is split "
@@ -251,9 +283,14 @@ def add_cli(subparsers) -> None:
         description="Show a mask and the pool/val/test inputs of a source on an emulated bench "
         "and write a capture set. " + _SPLIT_RULE,
     )
-    _add_mask_args(cap, positional=False)
-    cap.add_argument("--bench-seed", type=int, default=0, help="which emulated bench (default 0)")
-    cap.add_argument("--preset", default="typical", help="mild | typical | harsh (default typical)")
+    _add_mask_args(cap)
+    cap.add_argument(
+        "--inputs", type=Path, default=None, metavar="CSV",
+        help="capture the inputs, splits and order of this inputs.csv (default: the one in an "
+        "exported --mask folder; the split options are then not used)",
+    )  # fmt: skip
+    cap.add_argument("--bench-seed", type=int, default=0, help="which emulated bench")
+    cap.add_argument("--preset", default="typical", help="mild | typical | harsh")
     cap.add_argument("--format", default="png", help="frame files: png | tiff (16-bit)")
     cap.add_argument("--batch-size", type=int, default=256, help="inputs per optics batch")
     cap.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -266,5 +303,5 @@ def add_cli(subparsers) -> None:
         "(capture_index, input_id, split, label, image: the order to show them in) and the "
         "inputs as 8-bit PNGs. " + _SPLIT_RULE,
     )
-    _add_mask_args(exp, positional=True)
+    _add_mask_args(exp)
     exp.set_defaults(func=_cmd_export)

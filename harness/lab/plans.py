@@ -64,17 +64,19 @@ def capture_dataset(
     order_seed: int = 0,
     overwrite: bool = False,
     info: dict | None = None,
+    plan: pd.DataFrame | None = None,
 ) -> Path:
     """Capture the inputs of ``splits`` through ``bench`` and write a capture set to ``out_dir``.
 
     Inputs are shown in :func:`capture_plan` order; capture index = position in that order,
     capture id of a frame = capture_index · k + channel.  ``info`` is added to bench.json.
+    ``plan`` (e.g. :func:`exported_plan` of an ``inputs.csv``) replaces ``splits`` and that order.
     """
     if image_set.size != bench.config.n:
         raise SimgapError(
             f"images: size {image_set.size} does not match the optics n={bench.config.n}"
         )
-    plan = capture_plan(image_set, splits, order_seed)
+    plan = capture_plan(image_set, splits, order_seed) if plan is None else plan
     optics = bench.optics(encoder_or_mask)
     frames = _capture_frames(bench, optics, image_set, plan, batch_size, progress)
     k = optics.channels
@@ -183,3 +185,39 @@ def export_inputs(image_set, plan: pd.DataFrame, out_dir: Path) -> None:
     for rel, arr in zip(images, pixels):
         Image.fromarray(arr, mode="L").save(out_dir / rel)
     plan.assign(image=images).to_csv(out_dir / "inputs.csv", index=False)
+
+
+def exported_plan(path: str | Path, image_set) -> pd.DataFrame:
+    """The capture plan an ``inputs.csv`` of :func:`export_inputs` lists (its inverse): those
+    inputs, in those splits, at those capture indices.  Its labels must be ``image_set``'s."""
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise SimgapError(f"{path}: not a readable CSV ({type(exc).__name__})") from None
+    missing = [c for c in ("capture_index", "input_id", "split") if c not in df.columns]
+    if missing:
+        raise SimgapError(f"{path}: no column {', '.join(missing)} (an inputs.csv of export-mask)")
+    index, ids = _id_column(df, "capture_index", path), _id_column(df, "input_id", path)
+    if len(ids) and ids.max() >= len(image_set):
+        raise SimgapError(f"{path}: input_id {ids.max()} is not in {image_set.source} "
+                          f"({len(image_set)} images; the --source and --limit of the export?)")
+    bad = ~df["split"].isin(SPLITS)
+    if bad.any():
+        raise SimgapError(f"{path}: split '{df['split'][bad].iloc[0]}' is not pool/val/test")
+    labels = image_set.labels[torch.from_numpy(ids.copy())].numpy()
+    if "label" in df.columns and not np.array_equal(_id_column(df, "label", path, False), labels):
+        raise SimgapError(f"{path}: its labels are not those of {image_set.source} "
+                          "(exported from another source or --limit?)")
+    plan = pd.DataFrame({"capture_index": index, "input_id": ids, "split": df["split"].to_numpy(),
+                         "label": labels})  # fmt: skip
+    return plan.sort_values("capture_index", kind="stable").reset_index(drop=True)
+
+
+def _id_column(df: pd.DataFrame, column: str, path: Path, unique: bool = True) -> np.ndarray:
+    values = pd.to_numeric(df[column].str.strip(), errors="coerce")
+    if values.isna().any() or (values < 0).any() or (values != values.round()).any():
+        raise SimgapError(f"{path}: {column}: every value must be a non-negative integer")
+    if unique and values.duplicated().any():
+        raise SimgapError(f"{path}: {column} {int(values[values.duplicated()].iloc[0])} repeats")
+    return values.to_numpy(dtype=np.int64)

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from harness.errors import SimgapError, one_line
+from harness.lab.calibration import read_calibration
 from harness.lab.captures import BENCH_JSON, COLUMNS, MANIFEST, MASK_NPZ, SPLITS, CaptureSet
 from harness.lab.frames import load_frames
 
@@ -54,6 +55,7 @@ def read_capture_set(root: str | Path, splits=None) -> CaptureSet:
         mask_phase=torch.from_numpy(meta["phase"]),
         root=root,
         manifest=meta["manifest"],
+        calibration=meta["calibration"],
     )
 
 
@@ -70,6 +72,7 @@ def check_capture_set(root: Path, splits=None):
     k = _check_rows(root, df, classes, capture)
     phase = _read_mask(root, k)
     inputs = _inputs_table(df)
+    calibration = read_calibration(root, bench)
     wanted = inputs if splits is None else inputs[inputs["split"].isin(list(splits))]
     wanted = wanted.reset_index(drop=True)
     rows = df[df["input_id"].isin(set(wanted["input_id"]))]
@@ -94,6 +97,7 @@ def check_capture_set(root: Path, splits=None):
         "inputs_per_split": {s: int((inputs["split"] == s).sum()) for s in SPLITS},
         "inputs_per_split_and_class": _per_split_and_class(inputs, classes),
         "mask_shape": list(phase.shape),
+        "calibration": {name: len(frames) for name, frames in calibration.items()},
         "frames_checked": True,
     }
     meta = {
@@ -101,6 +105,7 @@ def check_capture_set(root: Path, splits=None):
         "bench": bench,
         "phase": phase,
         "manifest": rows.reset_index(drop=True),
+        "calibration": calibration,
     }
     return summary, (frames, wanted, meta)
 
@@ -334,7 +339,6 @@ def _read_mask(root: Path, k: int) -> np.ndarray:
     if not np.issubdtype(phase.dtype, np.floating) or not np.isfinite(phase).all():
         raise SimgapError(f"{path}: phase must be finite floats")
     return phase.astype(np.float32)
-
 
 
 def pair_with_inputs(root: str | Path, inputs_csv: str | Path) -> dict:

@@ -169,6 +169,14 @@ FAMILY_FIELDS: dict[str, tuple[str, ...]] = {
     "sensor": ("photons", "read_noise", "bit_depth"),
 }
 POLICY_FIELDS: tuple[str, ...] = tuple(f for group in FAMILY_FIELDS.values() for f in group)
+#: Opt-in families (augment.physics): off unless a physics policy names them in its strengths.
+#: Their fields are not in POLICY_FIELDS, which are those of the default families, so the emulated
+#: bench's effects beyond the default policy stay unmodelled unless a study opts in.
+OPTIONAL_FAMILY_FIELDS: dict[str, tuple[str, ...]] = {
+    "slm_axial": ("slm_axial_offset",),
+    "lut_tilt": ("lut_scale_tilt",),
+    "crosstalk": ("display_crosstalk",),
+}
 
 
 class ParameterGenerator:

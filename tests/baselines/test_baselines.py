@@ -187,8 +187,8 @@ def test_demo_command(tmp_path, capsys):
 
     out = tmp_path / "demo.json"
     args = "demo --source digits --size 16 --train 100 --val 50 --pool 100 --real-val 50 "
-    args += "--test 50 --epochs 1 --channels 1 --mask-init random --adapt-epochs 1 "
-    args += f"--adapt-steps 2 --fractions 5,20 --quiet --json {out}"
+    args += "--test 50 --epochs 1 --channels 1 --mask random --adapt-epochs 1 "
+    args += f"--adapt-steps 2 --fractions 0.05,0.2 --quiet --json {out} --out {tmp_path / 'run'}"
     assert main(args.split()) == 0
     printed = capsys.readouterr().out
     assert "| none" in printed and "| physics" in printed and "bench 20%" in printed
@@ -196,5 +196,10 @@ def test_demo_command(tmp_path, capsys):
     assert [r["policy"] for r in rows] == ["none", "physics"]
     assert all(0 <= r[k] <= 1 for r in rows for k in ("sim", "bench 0%", "bench 5%"))
     assert rows[0]["n 5%"] == 10 and rows[0]["n 20%"] == 20
-    with pytest.raises(SystemExit):
-        main(["demo", "--fractions", "5,abc"])
+    # the captures are kept in --out, with the results
+    for policy in ("none", "physics"):
+        assert len(read_capture_set(tmp_path / "run" / policy)) == 200  # pool + val + test
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["rows"] == rows
+    for bad in ("0.05,abc", "5,20"):  # fractions are proportions, as in a study config
+        with pytest.raises(SystemExit):
+            main(["demo", "--fractions", bad])

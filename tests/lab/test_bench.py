@@ -178,9 +178,9 @@ def test_what_no_policy_models_is_the_bench_parameters_beyond_the_policy_fields(
     modelled, unmodelled = bench.split(index)
     documented = {"zernike", "zero_order", "fringing", "prnu", "vignetting", "gamma", "gain",
                   "dark_offset", "slm_axial_offset", "lut_scale_tilt",
-                  "display_crosstalk"}  # fmt: skip
+                  "display_crosstalk", "camera_fill"}  # fmt: skip
     assert set(UNMODELLED_FIELDS) == documented
-    assert set(dict(unmodelled.items())) == documented
+    assert set(dict(unmodelled.items())) == documented - {"camera_fill"}  # point pixels here
     assert set(dict(modelled.items())) == set(POLICY_FIELDS) - {"phase_levels"}
     z = dict(zip(("defocus", "astig_0", "astig_45", "coma_x", "coma_y", "spherical"),
                  unmodelled.zernike[0].tolist()))  # fmt: skip
@@ -296,8 +296,8 @@ def test_export_capture_check_read_round_trip(tmp_path, monkeypatch, capsys, dig
     sizes = ["--source", "digits", "--sim-train", "300", "--sim-val", "50", "--sim-test", "50",
              "--pool", "30", "--val", "10", "--test", "20", "--split-seed", "1"]  # fmt: skip
     export = tmp_path / "export"
-    assert run_cli(monkeypatch, ["export-mask", "edge", "--channels", "2", "--out", export,
-                                 *sizes]) == 0  # fmt: skip
+    assert run_cli(monkeypatch, ["export-mask", "--mask", "edge", "--channels", "2", "--out",
+                                 export, *sizes]) == 0  # fmt: skip
     inputs = pd.read_csv(export / "inputs.csv")
     assert list(inputs.columns) == ["capture_index", "input_id", "split", "label", "image"]
     assert len(inputs) == 60 and inputs["input_id"].is_unique
@@ -357,11 +357,11 @@ def test_capture_writes_tiff_and_refuses_a_non_empty_folder(tmp_path, monkeypatc
     [
         (["capture", "--mask", "edge", "--preset", "brutal"], "--preset: 'brutal'"),
         (["capture", "--mask", "{tmp}/no-such-mask"], "no-such-mask: mask file not found"),
-        (["export-mask", "{tmp}/no-such-mask.npz"], "no-such-mask.npz: mask file not found"),
+        (["export-mask", "--mask", "{tmp}/no.npz"], "no.npz: mask file not found"),
         (["capture", "--mask", "edge", "--format", "jpg"], "--format: 'jpg'"),
         (["capture", "--mask", "edge", "--pool", "5000"], "--pool 5000 + --val 5"),
-        (["export-mask", "zeros", "--test", "-1"], "--test: must be a non-negative"),
-        (["export-mask", "random", "--channels", "0"], "--channels: must be at least 1"),
+        (["export-mask", "--mask", "zeros", "--test", "-1"], "--test: must be a non-negative"),
+        (["export-mask", "--mask", "random", "--channels", "0"], "--channels: must be at least 1"),
         (["capture", "--mask", "edge", "--bench-seed", "-3"], "bench seed: must be a non-negative"),
     ],
 )

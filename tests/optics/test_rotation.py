@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.optics import FourF, Imperfections, OpticsConfig
+from harness.optics import FourF, Imperfections, OpticsConfig, nufft
 from harness.optics.nufft import Gridding
 from tests.optics.reference import aperture, dtft_intensity
 
@@ -128,3 +128,22 @@ def test_gridding_transforms_match_direct_sums():
     interp = torch.einsum("bcxy,bxyp->bcp", coefficients, kernel.conj())
     assert (grid.spread(values) - spread).norm() / spread.norm() < 2e-6
     assert (grid.interpolate(coefficients) - interp).norm() / interp.norm() < 2e-6
+
+
+@pytest.mark.parametrize("threshold", [1, 10**9])  # Wᵀ v: transposed CSR product / scatter-add
+def test_gridding_spread_by_either_transpose_matches_direct_sums(monkeypatch, threshold):
+    monkeypatch.setattr(nufft, "TRANSPOSE_COLUMNS", threshold)
+    gen = torch.Generator().manual_seed(4)
+    points = (torch.rand(1, 50, 2, generator=gen, dtype=torch.float64) - 0.5) * 15
+    j = torch.arange(16, dtype=torch.float64) - 8
+    phase = 2 * math.pi * (j[:, None, None] * points[:, None, None, :, 1]
+                           + j[None, :, None] * points[:, None, None, :, 0]) / 16
+    kernel = torch.polar(torch.ones_like(phase), -phase)  # (1, j2, j1, P)
+    values = torch.randn(12, 1, 50, generator=gen, dtype=torch.complex128)  # 24 real columns
+    grid = Gridding(points, 16)
+    spread = torch.einsum("bcp,xyp->bcxy", values, kernel[0])
+    assert (grid.spread(values) - spread).norm() / spread.norm() < 2e-6
+    v = torch.randn(50, 24, generator=gen, dtype=torch.float64)
+    x = torch.randn(2 * 16 * 2 * 16, 24, generator=gen, dtype=torch.float64)
+    # The adjoint: <W x, v> = <x, Wᵀ v>, whichever way Wᵀ v runs.
+    torch.testing.assert_close((grid.apply(x) * v).sum(), (x * grid.apply_transpose(v)).sum())

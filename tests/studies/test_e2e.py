@@ -16,11 +16,13 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from baselines import hparams
 from harness.data.splits import nested_fractions
 from harness.datasets import RealSplits
+from studies import captures as study_captures
 from studies import cells as study_cells
 from studies import grid, queue, storage, tune
 from studies.config import parse_config
@@ -210,9 +212,12 @@ def test_tuning_never_reads_real_test(tmp_path, monkeypatch, env):
     monkeypatch.setattr(study_cells, "study_data", lambda _config: poisoned)
     seen = []
     real_capture, real_read = tune.capture_dataset, tune.read_capture_set
+    real_record = study_captures.record
+    monkeypatch.setattr(tune, "capture_dataset",
+                        lambda *a, **k: seen.append(set(a[3])) or real_capture(*a, **k))
+    monkeypatch.setattr(study_captures, "record", lambda bench, request, *a, **k: seen.append(
+        set(request.plan["split"])) or real_record(bench, request, *a, **k))
     for module in (tune, study_cells):  # where the study code looks the functions up
-        monkeypatch.setattr(module, "capture_dataset",
-                            lambda *a, **k: seen.append(set(a[3])) or real_capture(*a, **k))
         monkeypatch.setattr(module, "read_capture_set",
                             lambda root, splits=None: seen.append(set(splits or ["all"]))
                             or real_read(root, splits))
@@ -225,6 +230,7 @@ def test_tuning_never_reads_real_test(tmp_path, monkeypatch, env):
     study = optuna.load_study(study_name=tuned["tuning"]["study"],
                               storage=tuned["tuning"]["storage"])
     assert len(study.trials) == 3 and tuned["tuning"]["value"] == study.best_value
+    assert study.metric_names == ["real_val_acc"]  # named in optuna-dashboard
     assert tuned["tuning"]["protocol"] == "real-val" and tuned["tuning"]["real_labels"] == 40
     spec = parse_config({**TINY, "policies": ["none", {"file": result["path"].name}]},
                         "s.yaml", result["path"].parent).policy("physics-tuned")
@@ -247,6 +253,12 @@ def test_default_tuning_spends_no_real_label(tmp_path, monkeypatch, env):
     result = run_tuning(config, tmp_path / "method", trials=2, method="siamese", fraction=0.1)
     doc = yaml.safe_load(result["path"].read_text())
     assert set(doc["hparams"]["siamese"]) == set(hparams.METHOD_HPARAMS["siamese"])
+    study = optuna.load_study(study_name=doc["tuning"]["study"],
+                              storage=doc["tuning"]["storage"])
+    assert study.metric_names == ["budget_val_acc"]  # the objective, named in the dashboard
+    client = MlflowClient(f"sqlite:///{tmp_path / 'method' / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs and {r.data.tags["mlflow.source.name"] for r in runs} == {"simgap tune"}
     assert doc["tuning"]["protocol"] == "real-val-from-budget"
     pool_labels = study_cells.study_data(config).images.labels[
         study_cells.study_data(config).splits["pool"]]

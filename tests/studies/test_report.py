@@ -99,7 +99,8 @@ def test_report_has_findings_strict_json_and_plotted_data(built):
     assert {"curve", "percent", "n_images", "true_percent", "mean", "lo", "hi"} <= set(curves)
     assert curves["lo"].min() >= 0.0 and curves["hi"].max() <= 1.0
     for stem in ("fraction_curves", "policies_zero_shot", "sim_real_gap"):
-        assert (built / "figures" / f"{stem}.pdf").stat().st_size > 0
+        pdf = (built / "figures" / f"{stem}.pdf").read_bytes()  # vector, with its text
+        assert pdf.startswith(b"%PDF-") and b"/Font" in pdf and len(pdf) > 5000
         assert (built / "figures" / f"{stem}.csv").is_file()
     table = pd.read_csv(built / "tables" / "fraction_curves.csv", index_col=0)
     assert table.loc[report.AXIS_ROW, "10 %"] == "15 (10 %)"
