@@ -119,7 +119,7 @@ def _cmd_status(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    path = build_report(args.study_dir, tracking_uri=args.tracking_uri)
+    path = build_report(args.study_dir, tracking_uri=args.tracking_uri, progress=True)
     print(f"report: {path}")
     return 0
 

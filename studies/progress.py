@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import time
 
+from tqdm.auto import tqdm
+
+#: The steps of ``study report``'s progress bar, each named when it starts.
+REPORT_STEPS = ("cells", "tables", "figures", "t-SNE", "MLflow")
+
 
 def duration_text(seconds: float) -> str:
     """``45 s``, ``12 min``, ``3 h 05 min``."""
@@ -31,3 +36,16 @@ class Eta:
         if done >= total or finished <= 0 or elapsed <= 0:
             return ""
         return f"; ETA {duration_text((total - done) * elapsed / finished)}"
+
+
+def report_bar(progress: bool) -> tqdm:
+    """The bar of :func:`studies.report.build_report` over :data:`REPORT_STEPS` (stderr)."""
+    return tqdm(total=len(REPORT_STEPS), desc=f"report: {REPORT_STEPS[0]}", unit="step",
+                disable=not progress)  # fmt: skip
+
+
+def report_step(bar: tqdm) -> None:
+    """One report step done; the bar names the next."""
+    bar.update()
+    if bar.n < len(REPORT_STEPS):
+        bar.set_description_str(f"report: {REPORT_STEPS[bar.n]}")

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pandas as pd
 from optuna.trial import TrialState
-from tqdm.auto import tqdm
 
 from harness.errors import SimgapError
 from harness.files import staged_dir
@@ -40,6 +39,7 @@ from studies.outputs import (
     write_json,
     write_table,
 )
+from studies.progress import report_bar, report_step
 from studies.protocol import ORACLE_STAMP
 from studies.stats import (
     bounds_of,
@@ -158,24 +158,31 @@ def tsne_cells(config: StudyConfig) -> list[Cell]:
 
 # ---------------------------------------------------------------------------------- report
 def build_report(
-    study: str | Path, tracking_uri: str | None = None, log_to_mlflow: bool = True
+    study: str | Path, tracking_uri: str | None = None, log_to_mlflow: bool = True,
+    progress: bool = False,
 ) -> Path:
-    """Build ``<study>/report/`` from the storage and tracking contents; returns report.md."""
+    """Build ``<study>/report/`` from the storage and tracking contents; returns report.md.
+    ``progress``: a bar over the steps (cells, tables, figures, t-SNE, MLflow) on stderr."""
     study_dir = Path(study)
     handle = open_study(study_dir, tracking_uri=tracking_uri)
-    df = collect(handle)
-    if df.empty:
-        raise SimgapError(f"{study_dir}: no completed cells yet; nothing to report")
-    dest = study_dir / "report"
-    with staged_dir(dest) as tmp:
-        _write_report(handle, df, tmp)
-    if log_to_mlflow and handle.parent_run_id:
-        _log_parent(handle, dest)
+    with report_bar(progress) as bar:
+        df = collect(handle)
+        if df.empty:
+            raise SimgapError(f"{study_dir}: no completed cells yet; nothing to report")
+        dest = study_dir / "report"
+        with staged_dir(dest) as tmp:
+            _write_report(handle, df, tmp, bar)
+        if log_to_mlflow and handle.parent_run_id:
+            _log_parent(handle, dest)
+        report_step(bar)
     return dest / "report.md"
 
 
-def _write_report(handle: StudyHandle, df: pd.DataFrame, tmp: Path) -> pd.DataFrame:
-    """Write the report's files into ``tmp``; returns the curve points."""
+def _write_report(handle: StudyHandle, df: pd.DataFrame, tmp: Path, bar=None) -> pd.DataFrame:
+    """Write the report's files into ``tmp``; returns the curve points.  ``bar``: the progress
+    bar of :func:`build_report` (one step each: tables, figures, t-SNE)."""
+    bar = bar if bar is not None else report_bar(False)
+    report_step(bar)
     config = handle.config
     metric = config.primary_metric
     (tmp / "tables").mkdir()
@@ -193,9 +200,12 @@ def _write_report(handle: StudyHandle, df: pd.DataFrame, tmp: Path) -> pd.DataFr
             caption, table = f"{stamp.upper()}: {caption}", table.assign(selection=stamp)
         write_table(table, tmp / "tables" / name, caption.format(metric=metric))
     write_json(head, tmp / "headline.json")
+    report_step(bar)
     points = curve_points(df, config)
     figs = _figures(df, points, config, metric, tmp / "figures", stamp)
+    report_step(bar)
     figs += _tsne_figures(handle, df, tmp, stamp)
+    report_step(bar)
     md = report_markdown(handle, df, grid_cells(config), tabs, head, figs)
     md += _per_bench(df, config, metric, tmp)
     (tmp / "report.md").write_text(md)
@@ -235,7 +245,7 @@ def _tsne_figures(handle: StudyHandle, df: pd.DataFrame, tmp: Path,
     out = []
     by_cell = df.set_index("cell")
     tracking = handle.tracking()
-    for cell in tqdm(tsne_cells(config), desc="report: t-SNE", unit="figure", leave=False):
+    for cell in tsne_cells(config):
         if cell.id not in by_cell.index:
             continue
         got = tracking.download(by_cell.loc[cell.id, "run_id"], FEATURES, tmp / "dl")

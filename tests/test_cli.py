@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness import cli
+from harness.lab.cli import MASK_HELP
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "albumentations", "pandas", "pydantic", "mlflow", "optuna", "numpy")
@@ -99,13 +100,7 @@ def test_one_style_for_the_mask_option():
     for parser in (commands["capture"], commands["export-mask"], commands["demo"],
                    policies["preview"]):  # fmt: skip
         mask = next(a for a in parser._actions if a.dest == "mask")
-        assert mask.option_strings == ["--mask"] and mask.help == cli_mask_help()
-
-
-def cli_mask_help() -> str:
-    from harness.lab.cli import MASK_HELP
-
-    return MASK_HELP
+        assert mask.option_strings == ["--mask"] and mask.help == MASK_HELP
 
 
 @pytest.mark.parametrize(

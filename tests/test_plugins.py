@@ -19,6 +19,7 @@ from harness.models import DigitalNet, HybridModel, build_digital, load_model, s
 from harness.optics import FourF, OpticsConfig
 from harness.train import TrainConfig, evaluate, fit
 from studies.config import parse_config, validate_components
+from studies.worker import run_study
 from tests.plugins import toy
 from tests.studies.tiny import TINY
 
@@ -110,3 +111,18 @@ def test_a_module_in_the_working_directory_is_found(tmp_path, monkeypatch):
     assert str(tmp_path) in sys.path
     with pytest.raises(SimgapError, match="is not one of"):
         build_digital("simgap_no_such_module:net", 2)
+
+
+def test_a_study_runs_on_plugins_only(tmp_path):
+    """Source, network, policy and method all plug-ins: every cell of a study completes."""
+    config = parse_config({
+        **TINY, "data": {**TINY["data"], "source": REF + "source",
+                         "sim": {"train": 40, "val": 10, "test": 10},
+                         "real": {"pool": 30, "val": 10, "test": 20}},
+        "model": {**TINY["model"], "digital": REF + "network"},
+        "policies": ["none", REF + "policy"], "methods": [REF + "method"],
+        "training": {**TINY["training"], "epochs": 2}, "fractions": [0, 0.5], "seeds": [0],
+    })  # fmt: skip
+    validate_components(config)
+    summary = run_study(config, tmp_path / "study", workers=1, report=False)
+    assert (summary["complete"], summary["cells"], summary["errors"]) == (4, 4, {})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from studies.progress import Eta, duration_text
+from studies.progress import REPORT_STEPS, Eta, duration_text, report_bar, report_step
 
 
 def test_eta_from_the_completion_rate():
@@ -19,3 +19,14 @@ def test_duration_text():
     assert duration_text(45) == "45 s"
     assert duration_text(720) == "12 min"
     assert duration_text(3 * 3600 + 300) == "3 h 05 min"
+
+
+def test_report_bar_names_each_step(capsys):
+    bar = report_bar(True)
+    names = [bar.desc]
+    for _ in REPORT_STEPS:
+        report_step(bar)
+        names.append(bar.desc)
+    bar.close()
+    assert names[:-1] == [f"report: {s}" for s in REPORT_STEPS] and bar.n == len(REPORT_STEPS)
+    assert "report: MLflow" in capsys.readouterr().err
