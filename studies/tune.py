@@ -52,6 +52,7 @@ from studies.cache import ArtifactCache
 from studies.config import PolicySpec, StudyConfig, config_hash
 from studies.grid import Cell
 from studies.storage import open_storage, resolve_storage_url
+from studies.urls import in_folder, split_password
 
 log = logging.getLogger("simgap.studies")
 
@@ -270,15 +271,16 @@ def run_tuning(
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         tracker.set_status(parent, "FAILED")
         raise SimgapError(f"{out}: no tuning trial completed (all pruned or failed)")
+    stored = in_folder(split_password(url)[0], out)  # relocatable, never a password
     info = {"protocol": protocol, "real_labels": labels, "seed": seed, "bench_seed": bench_seed,
-            "url": url}
+            "url": stored}
     doc = (_tuned_method(config, study, method, fraction, info) if method
            else _tuned_policy(config, study, policy, info))
     path = _write_tuned(out, method or policy, doc, bool(method))
     tracker.log_metrics(parent, {"best_objective": study.best_value})
     tracker.log_artifact(parent, path)
     tracker.set_status(parent, "FINISHED")
-    write_json(out / "tune.json", {"study": study.study_name, "storage": url, "best": doc})
+    write_json(out / "tune.json", {"study": study.study_name, "storage": stored, "best": doc})
     return {"value": float(study.best_value), "trial": study.best_trial.number,
             "params": study.best_params, "path": path, "protocol": protocol,
             "real_labels": labels}

@@ -28,6 +28,7 @@ from studies import grid, queue, storage, tune
 from studies.config import parse_config
 from studies.report import build_report
 from studies.tune import run_tuning
+from studies.urls import from_folder
 from tests.studies.tiny import TINY
 
 pytestmark = pytest.mark.slow
@@ -227,8 +228,9 @@ def test_tuning_never_reads_real_test(tmp_path, monkeypatch, env):
     assert seen and all(s == {"val"} for s in seen)
     assert 0.0 < result["value"] <= 1.0 and torch.isfinite(torch.tensor(result["value"]))
     tuned = yaml.safe_load(result["path"].read_text())
+    assert tuned["tuning"]["storage"] == "sqlite:///optuna.db"  # relative: a movable folder
     study = optuna.load_study(study_name=tuned["tuning"]["study"],
-                              storage=tuned["tuning"]["storage"])
+                              storage=from_folder(tuned["tuning"]["storage"], tmp_path / "tune"))
     assert len(study.trials) == 3 and tuned["tuning"]["value"] == study.best_value
     assert study.metric_names == ["real_val_acc"]  # named in optuna-dashboard
     assert tuned["tuning"]["protocol"] == "real-val" and tuned["tuning"]["real_labels"] == 40
@@ -254,7 +256,7 @@ def test_default_tuning_spends_no_real_label(tmp_path, monkeypatch, env):
     doc = yaml.safe_load(result["path"].read_text())
     assert set(doc["hparams"]["siamese"]) == set(hparams.METHOD_HPARAMS["siamese"])
     study = optuna.load_study(study_name=doc["tuning"]["study"],
-                              storage=doc["tuning"]["storage"])
+                              storage=from_folder(doc["tuning"]["storage"], tmp_path / "method"))
     assert study.metric_names == ["budget_val_acc"]  # the objective, named in the dashboard
     client = MlflowClient(f"sqlite:///{tmp_path / 'method' / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
