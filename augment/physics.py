@@ -36,7 +36,8 @@ physics policy draws one only when its strengths (or ranges) name it, e.g.
 effects of the emulated bench that the default policy leaves out (harness.lab.bench), so the
 default study keeps a bench that is not its policy.  Their s = 1 ranges are the ``harsh`` bench
 levels.  The camera fill factor (``camera_fill``) is no family: it is a fixed, known property of
-a camera (set it in the model for every draw), not an error to randomise.
+a camera, not an error to randomise.  Only the emulated bench sets it; no OpticsConfig,
+CameraConfig or study key does, so simulated training samples points.
 
 ``quant_bits``, ``photons`` and ``bits`` take a (low, high) pair or ``None`` (off); the other
 keys are half-widths (maxima for σ and read noise) where 0 means off.  With a continuous LUT

@@ -41,7 +41,7 @@ from augment.physics import (
 )
 from harness.errors import SimgapError
 from harness.optics import FourF, Imperfections, OpticsConfig
-from harness.plugins import find_plugin, known_names
+from harness.plugins import call_plugin, find_plugin, known_names
 
 DEFAULT_STRENGTH = 0.5
 
@@ -163,7 +163,8 @@ def loggable(value):
     return value
 
 
-def _registry() -> dict[str, Callable[..., Policy]]:
+def _registry() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Built-in policy name -> (kind, families)."""
     names: dict[str, tuple[str, tuple[str, ...]]] = {
         "none": ("none", ()),
         "physics": ("physics", FAMILIES),
@@ -173,10 +174,10 @@ def _registry() -> dict[str, Callable[..., Policy]]:
         names[f"physics-without:{f}"] = ("physics", tuple(g for g in FAMILIES if g != f))
     names["image"] = ("image", FAMILIES)
     names.update({f"image:{f}": ("image", (f,)) for f in FAMILIES})
-    return {name: partial(Policy, name, kind, fams) for name, (kind, fams) in names.items()}
+    return names
 
 
-POLICIES: dict[str, Callable[..., Policy]] = _registry()
+POLICIES: dict[str, tuple[str, tuple[str, ...]]] = _registry()
 
 
 def available_policies() -> list[str]:
@@ -202,14 +203,18 @@ def build_policy(
     ``simgap.policies``): a callable ``(strengths, config, ranges, per_channel_noise)``; the
     policy it returns takes ``name``.
     """
-    factory = POLICIES.get(name) or find_plugin("policies", name)
+    if name in POLICIES:
+        factory: Callable[..., Policy] | None = partial(Policy, name, *POLICIES[name])
+    else:
+        factory = find_plugin("policies", name)
     if factory is None:
         raise SimgapError(f"policy: unknown policy {name!r} (choose from "
                           f"{known_names('policies', available_policies())})")
-    policy = factory(strengths, config, ranges, per_channel_noise)  # checks the values
+    # the call checks the values
+    policy = call_plugin("policies", name, factory, strengths, config, ranges, per_channel_noise)
     policy.name = name  # a plug-in is known (and logged) by the name it was asked for
     if name in POLICIES and strengths:
-        own = factory.args[2]  # partial(Policy, name, kind, families)
+        own = POLICIES[name][1]
         named = [f for f in own if f in strengths]
         if named and len(named) < len(own):
             rest = ", ".join(f for f in own if f not in strengths)

@@ -103,7 +103,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the split, init and training")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR",
-                   help="folder for the capture sets (one per policy) and results.json")
+                   help="folder for the capture sets (one per policy) and results.json: new, "
+                   "empty, or a previous demo's (it replaces none/ and physics/ there)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--quiet", dest="progress", action="store_false", help="no progress output")
     p.set_defaults(func=_cmd_demo)

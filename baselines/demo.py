@@ -3,7 +3,8 @@
 Trains the hybrid model in simulation under the ``none`` and ``physics`` policies on a small
 subset, captures pool / val / test inputs through the default emulated bench (``typical``,
 bench seed 0) into a capture set per policy (the same files and reader a physical bench uses;
-kept in ``--out``, default ``runs/demo``, next to ``results.json``), and prints
+kept in ``--out``, default ``runs/demo``, next to ``results.json``; ``--out`` is a new or empty
+folder or one a previous demo wrote, marked by :data:`MARKER`), and prints
 for both policies: accuracy on the ideal simulation of the test inputs, on their bench captures,
 and on the captures after fine-tuning on 1 % and 5 % of the real pool.
 
@@ -23,6 +24,8 @@ from baselines import get_method
 from harness.data.sources import ImageSet, load_source
 from harness.data.splits import split_source
 from harness.datasets import ImageData, RealSplits
+from harness.errors import SimgapError
+from harness.files import write_text
 from harness.lab.bench import EmulatedBench
 from harness.lab.captures import SPLITS
 from harness.lab.plans import capture_dataset
@@ -32,6 +35,8 @@ from harness.optics import FourF, OpticsConfig
 from harness.train import TrainConfig, evaluate, fit
 
 POLICIES = ("none", "physics")
+#: The file a demo writes in its --out folder: a later demo may replace the capture sets there
+MARKER = ".simgap-demo"
 
 
 @dataclass
@@ -55,6 +60,7 @@ def run_demo(args) -> dict:
     """Train, capture, adapt and evaluate; returns {"rows": [...], "settings": {...}}.
 
     ``args`` holds the options of ``simgap demo`` (an argparse namespace)."""
+    check_out(Path(args.out))
     data = load_source(args.source, size=args.size, data_root=args.data_root)
     sim = {"train": args.train, "val": args.val, "test": 0}  # sim is scored on the test inputs
     real = {"pool": args.pool, "val": args.real_val, "test": args.test}
@@ -76,9 +82,22 @@ def run_demo(args) -> dict:
         fractions=sorted({0.0, *args.fractions}),
         folder=Path(args.out),
     )
+    write_text(demo.folder / MARKER, "simgap demo output: simgap demo may replace this folder\n")
     rows = [_policy_row(demo, name) for name in POLICIES]
     settings = {k: v for k, v in vars(args).items() if k != "func"}
     return {"rows": rows, "settings": {k: _plain(v) for k, v in settings.items()}}
+
+
+def check_out(folder: Path) -> None:
+    """A demo replaces ``<folder>/none`` and ``<folder>/physics``: ``folder`` must be new, empty
+    or a previous demo's output (it holds :data:`MARKER`), never an unrelated folder."""
+    if folder.exists() and not folder.is_dir():
+        raise SimgapError(f"--out: {folder} is a file, not a folder")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / MARKER).is_file():
+        raise SimgapError(
+            f"--out: {folder} is not empty and not a previous demo output (no {MARKER}); "
+            "the demo would replace its none/ and physics/, so name a new or empty folder"
+        )
 
 
 def _train_configs(args) -> tuple[TrainConfig, TrainConfig]:

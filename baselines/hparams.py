@@ -15,6 +15,7 @@ strengths (each in [0, 1]) and the sim-training ``lr``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,13 +29,16 @@ from harness.train import TrainConfig
 @dataclass(frozen=True)
 class HParam:
     """A default and a search space: a float range ``[low, high]`` (``log``: log-uniform) or a
-    list of ``choices``."""
+    list of ``choices``.  The range is where ``simgap tune`` searches; a value set in a config
+    may lie outside it but must be a number >= 0, and > 0 where ``positive`` (an lr of 0 trains
+    nothing, a CCSA margin of 0 aligns nothing)."""
 
     default: Any
     low: float | None = None
     high: float | None = None
     log: bool = False
     choices: tuple | None = None
+    positive: bool = False
 
     def suggest(self, trial, name: str):
         """The value an Optuna ``trial`` draws for ``name`` from this space."""
@@ -48,13 +52,17 @@ class HParam:
             if value not in self.choices:
                 raise SimgapError(f"{name}: {value!r} is not one of {list(self.choices)}")
             return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise SimgapError(f"{name}: {value!r} is not a number")
+        if self.positive and value <= 0:
+            raise SimgapError(f"{name}: {value!r} is not a number > 0")
+        if value < 0:
             raise SimgapError(f"{name}: {value!r} is not a non-negative number")
         return float(value)
 
 
 _COMMON = {
-    "lr": HParam(1e-3, 1e-4, 1e-2, log=True),
+    "lr": HParam(1e-3, 1e-4, 1e-2, log=True, positive=True),
     "weight_decay": HParam(1e-4, 1e-6, 1e-2, log=True),
 }
 METHOD_HPARAMS: dict[str, dict[str, HParam]] = {
@@ -63,13 +71,12 @@ METHOD_HPARAMS: dict[str, dict[str, HParam]] = {
     "real-only": dict(_COMMON),
     "siamese": {
         **_COMMON,
-        "margin": HParam(1.0, 0.25, 2.0),
+        "margin": HParam(1.0, 0.25, 2.0, positive=True),
         "align_weight": HParam(1.0, 0.1, 10.0, log=True),
         "adversarial": HParam(False, choices=(False, True)),
         "adversarial_weight": HParam(0.1, 0.01, 1.0, log=True),
     },
 }
-POLICY_LR = HParam(3e-3, 7.5e-4, 1.2e-2, log=True)  # the sim lr of a policy (x/4 .. x*4)
 
 
 def method_space(method: str) -> dict[str, HParam]:
@@ -100,7 +107,7 @@ def suggest(method: str, trial, base: dict | None = None) -> dict:
     values = {}
     for name, param in method_space(method).items():
         if name == "lr" and base and "lr" in base:
-            param = HParam(base["lr"], base["lr"] / 10, base["lr"] * 10, log=True)
+            param = HParam(base["lr"], base["lr"] / 10, base["lr"] * 10, log=True, positive=True)
         values[name] = param.suggest(trial, f"{method}.{name}")
     return values
 
@@ -109,7 +116,7 @@ def policy_space(name: str, optics, lr: float) -> dict[str, HParam]:
     """A policy's space: ``strength.<family>`` in [0, 1] and the sim ``lr`` (lr/4 .. 4 lr)."""
     families = build_policy(name, {}, optics).families
     space = {f"strength.{f}": HParam(0.5, 0.0, 1.0) for f in families}
-    space["lr"] = HParam(lr, lr / 4, lr * 4, log=True)
+    space["lr"] = HParam(lr, lr / 4, lr * 4, log=True, positive=True)
     return space
 
 

@@ -108,7 +108,10 @@ class ImageData(Data):
 
     def batch_frames(self, model, index, policy, generator, train: bool) -> torch.Tensor:
         images = self.images[index].to(model_device(model))
-        optics_grad = train and any(p.requires_grad for p in model.encoder.parameters())
+        # gradients only where the caller wants them (predict runs under no_grad with train=True
+        # to draw a policy's imperfections) and the encoder has parameters to train
+        optics_grad = (train and torch.is_grad_enabled()
+                       and any(p.requires_grad for p in model.encoder.parameters()))  # fmt: skip
         with torch.set_grad_enabled(optics_grad):
             return model.simulate(images, policy, generator, train=train)
 

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from harness.errors import SimgapError
 from harness.files import save_torch
 from harness.optics import FourF, OpticsConfig
-from harness.plugins import find_plugin, known_names
+from harness.plugins import call_plugin, find_plugin, known_names
 
 Task = Literal["classify", "reconstruct", "both"]
 TASKS = ("classify", "reconstruct", "both")
@@ -108,7 +108,7 @@ def build_digital(name: str, in_channels: int) -> DigitalNet:
     if factory is None:
         known = known_names("networks", DIGITAL_NETS)
         raise SimgapError(f"digital: '{name}' is not one of {known}")
-    net = factory(in_channels)
+    net = call_plugin("networks", name, factory, in_channels)
     if not isinstance(net, DigitalNet):
         raise SimgapError(f"digital: '{name}' returned {type(net).__name__}, not a DigitalNet")
     return net

@@ -10,7 +10,8 @@ A name that is not built in is looked up
        my-policy = "my_package.policies:make_policy"
 
 2. as a ``module:attr`` reference (``my_package.policies:make_policy``), imported from
-   ``sys.path``, else from the working directory (a ``my_plugins.py`` next to the config).
+   ``sys.path``, else from the working directory, i.e. where ``simgap`` runs (a
+   ``my_plugins.py`` there, not necessarily next to the config).
 
 What the object must be (see the docstrings of the functions that call :func:`find_plugin`):
 
@@ -41,6 +42,7 @@ GROUPS = {
     "networks": "simgap.networks",
     "methods": "simgap.methods",
     "sources": "simgap.sources",
+    "benches": "simgap.benches",
 }
 
 
@@ -97,7 +99,9 @@ def _is_missing(exc: BaseException, module_name: str) -> bool:
 
 def _import(module_name: str):
     """The module, from ``sys.path`` or else from the working directory (which the ``simgap``
-    script, unlike ``python -m``, does not put on ``sys.path``)."""
+    script, unlike ``python -m``, does not put on ``sys.path``).  The working directory is on
+    ``sys.path`` only during that import: the module stays in ``sys.modules``, and other code
+    does not see the user's files as top-level modules."""
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -108,10 +112,23 @@ def _import(module_name: str):
         importlib.invalidate_caches()
         try:
             return importlib.import_module(module_name)
-        except ModuleNotFoundError as again:
-            if _is_missing(again, module_name):
-                sys.path.remove(cwd)  # not there either: leave sys.path as it was
-            raise
+        finally:
+            sys.path.remove(cwd)  # leave sys.path as it was
+
+
+def call_plugin(kind: str, name: str, factory, *args, **kwargs):
+    """``factory(*args, **kwargs)``; an error it raises (other than a :class:`SimgapError`,
+    which is already one line for the user) becomes ``{kind}: {name!r} failed (...)`` with the
+    first line of the error."""
+    try:
+        return factory(*args, **kwargs)
+    except SimgapError:
+        raise
+    except Exception as exc:  # the plug-in's own error, whatever it is
+        lines = str(exc).strip().splitlines()
+        first = one_line(lines[0]) if lines else ""
+        text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        raise SimgapError(f"{kind}: {name!r} failed ({text})") from exc
 
 
 def known_names(kind: str, builtin) -> str:

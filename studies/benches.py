@@ -18,10 +18,11 @@ config without them keeps its hash).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     field_validator,
@@ -37,11 +38,20 @@ _OPTIONAL = {"kind": "emulated", "driver": None, "options": {}, "folder": None, 
              "calibration": CALIBRATION_COUNTS, "also": []}  # fmt: skip
 
 
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # YAML's true / false would pass as 1 / 0
+        raise ValueError(f"a seed is an integer, not {value!r}")  # noqa: TRY004 - pydantic
+    return value
+
+
+Seed = Annotated[int, BeforeValidator(_not_bool)]  # a seed field, whether from a file or --set
+
+
 class BenchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["emulated", "driver", "exchange"] = "emulated"
-    seeds: list[int] = [0]
+    seeds: list[Seed] = [0]
     preset: str = "typical"
     driver: str | None = None
     options: dict[str, Any] = {}

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 from harness.errors import SimgapError
 from harness.lab.benches import CaptureRequest, Emulated, make_driver, record
@@ -103,7 +104,10 @@ def _answered(config, cache: ArtifactCache, key: dict, rid: str, request, study_
         return path / "set"
     folder = exchange_folder(config, study_dir)
     if not (request_dir(folder, rid) / REQUEST_JSON).is_file():
-        write_request(folder, rid, request())
+        folder.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(folder / f".{rid}.lock")):  # one worker writes it, the others wait
+            if not (request_dir(folder, rid) / REQUEST_JSON).is_file():
+                write_request(folder, rid, request())
     if not answer_ready(folder, rid):
         raise CapturesPending(rid, request_dir(folder, rid),
                               (rejection(folder, rid) or {}).get("reason"))  # fmt: skip

@@ -190,8 +190,8 @@ def run_cell(handle, cell: Cell, run) -> dict:
     cap_dir = capture_set(config, cache, cell.policy, cell.seed, cell.bench, model,
                           handle.study_dir)
     real = real_splits(config, cap_dir)
-    run.log_params({
-        **record["policy"],
+    run.log_params({  # the policy's registered name apart from the cell's label
+        **{"policy.name" if k == "policy" else k: v for k, v in record["policy"].items()},
         "sim_key": config_hash(sim_key(config, cell.policy, cell.seed)),
         "capture_key": config_hash(capture_key(config, cell.policy, cell.seed, cell.bench)),
         "splits_hash": data.splits_hash, "bench_preset": config.bench.of(cell.bench).preset,
@@ -245,21 +245,23 @@ def selection_data(config: StudyConfig, data: StudyData, cell: Cell, pool, real)
 def _adapt(config: StudyConfig, data: StudyData, cell: Cell, model, real, run):
     """Stage 4: (adapted model, metrics) after the cell's method on its real fraction."""
     pool = real.pool_fractions([cell.fraction], cell.seed)[cell.fraction]
+    spec = config.policy(cell.policy)
+    tuned = spec.tuning.real_labels if spec.tuning else 0  # labels its tuning read
     metrics: dict = {"n_real_pool": len(pool), "adapt_steps": 0, "n_real_train": 0,
-                     "n_real_val": 0, "n_real_labels_extra": 0, "n_real_labels": 0,
+                     "n_real_val": 0, "n_real_labels_extra": 0, "n_real_labels": tuned,
+                     "n_real_labels_tuning": tuned,
                      "oracle_invalid": float(config.selection.adapt == "oracle")}
     run.log_params({"selection_adapt": config.selection.adapt,
                     "selection_sim": config.selection.sim})
     if cell.method == ZERO_SHOT:
         return model, metrics
     train, val, counts = selection_data(config, data, cell, pool, real)
-    metrics.update(counts)
+    metrics.update(counts, n_real_labels=counts["n_real_labels"] + tuned)
     hparams = method_hparams(cell.method, config.hparams.get(cell.method), config.adapt)
     tconfig, kwargs = method_options(cell.method, hparams, adapt_train_config(config, cell.seed))
     run.log_params({f"hp.{k}": v for k, v in hparams.items()})
     split = data.splits["sim_train"]
     sim_train = ImageData(data.images.images[split], data.images.labels[split], split="sim-train")
-    spec = config.policy(cell.policy)
     steps = []
     result = get_method(cell.method)(
         model, train, val, tconfig, cell.seed, sim_train=sim_train,

@@ -100,7 +100,8 @@ def _cmd_status(args) -> int:
     counts = trial_counts(handle)
     summary = grid_summary(handle)
     print(f"study {handle.study_name}: {summary['complete']}/{summary['cells']} cells complete")
-    print("trials: " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())))
+    tries = ", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items()))
+    print(f"optuna trials (retries and tries of waiting cells included): {tries}")
     stale = stale_cells(handle)
     if stale:
         print(f"stale (worker gone; the next `study run` or worker re-queues them): "

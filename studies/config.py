@@ -30,9 +30,9 @@ from harness.errors import SimgapError
 from harness.lab.bench import MASK_INITS
 from harness.optics import OpticsConfig
 from harness.plugins import find_plugin
-from studies.benches import BenchConfig, check_bench
+from studies.benches import BenchConfig, Seed, check_bench
 from studies.overrides import apply_overrides
-from studies.protocol import AdaptBudget, SelectionConfig, check_methods
+from studies.protocol import AdaptBudget, SelectionConfig, TuningRecord, check_methods
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 PRESETS = ("quick", "paper")
@@ -66,7 +66,7 @@ class DataConfig(_Strict):
     size: int = Field(32, ge=4, description="image / camera size n in pixels")
     data_root: str | None = None
     limit: int | None = Field(None, ge=1, description="stratified subset of the source first")
-    split_seed: int = 0
+    split_seed: Seed = 0
     sim: SimSizes = SimSizes()
     real: CaptureSizes = CaptureSizes()
 
@@ -97,6 +97,7 @@ class PolicySpec(_Strict):
     label: str | None = None
     lr: float | None = Field(None, gt=0)
     file: str | None = None
+    tuning: TuningRecord | None = None  # provenance of a tuned policy (enters the hash)
 
     @model_validator(mode="before")
     @classmethod
@@ -124,7 +125,7 @@ class PolicySpec(_Strict):
         data = _read_yaml(path)
         if not isinstance(data, dict) or "name" not in data:
             raise SimgapError(f"{path}: not a tuned-policy file (needs 'name' and 'strengths')")
-        keep = {k: data[k] for k in ("name", "strengths", "label", "lr") if k in data}
+        keep = {k: data[k] for k in ("name", "strengths", "label", "lr", "tuning") if k in data}
         if self.label:
             keep["label"] = self.label
         try:
@@ -163,7 +164,7 @@ class StudyConfig(_Strict):
     methods: list[str] = Field(["finetune-head"], description="finetune-head, finetune-full, "
                                "real-only, siamese, or a plug-in (harness.plugins)")
     fractions: list[float] = [0.0, 0.01, 0.05, 1.0]
-    seeds: list[int] = [0, 1, 2]
+    seeds: list[Seed] = [0, 1, 2]
     bench: BenchConfig = BenchConfig()
     selection: SelectionConfig = SelectionConfig()
     grid: GridConfig = GridConfig()
@@ -171,6 +172,16 @@ class StudyConfig(_Strict):
     device: str = Field("auto", description="auto (cuda when present), cpu or cuda[:i]")
     tracking_uri: str | None = Field(None, description="MLflow; default sqlite in the study dir")
     storage: str | None = Field(None, description="Optuna; default sqlite in the study dir")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _before_steps(cls, value: Any) -> Any:
+        """A config from before ``adapt.steps`` (a study folder of an older simgap)."""
+        adapt = value.get("adapt") if isinstance(value, dict) else None
+        if isinstance(adapt, dict) and "epochs" in adapt:
+            raise ValueError("adapt.epochs: replaced by adapt.steps (optimizer steps) in simgap "
+                             "0.1; rerun the study in a new --out, or edit its config.yaml")
+        return value
 
     @model_validator(mode="before")
     @classmethod

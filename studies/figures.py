@@ -1,5 +1,7 @@
 """The study report's figures (PNG for the page, PDF for a paper), drawn from the per-cell table;
-next to each figure a CSV holds the numbers it plots (mean, clipped 95 % interval, n).
+next to each figure a CSV holds the numbers it plots (mean, clipped 95 % interval over seeds x
+benches crossed, n; a ``selection`` column holding the oracle stamp where cells selected on real
+test).
 
 matplotlib is imported when a figure is drawn (with the Agg backend: no display needed), so
 building tables alone never pays for it.
@@ -13,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from studies.config import ZERO_SHOT, StudyConfig
-from studies.stats import bounds_of, ci95, clip, fraction_axis, summarize
+from studies.intervals import bounds_of, cell_ci, clip
+from studies.stats import fraction_axis, summarize
 
 
 def _plt():
@@ -23,6 +26,12 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _data(frame: pd.DataFrame, stem: Path, stamp: str = "") -> None:
+    """The plotted numbers as ``stem``.csv; with ``stamp`` a ``selection`` column holding it."""
+    (frame.assign(selection=stamp) if stamp else frame).to_csv(stem.with_suffix(".csv"),
+                                                               index=False)
 
 
 def _save(fig, stem: Path, stamp: str = "") -> None:
@@ -44,7 +53,7 @@ def figure_curves(points: pd.DataFrame, config: StudyConfig, metric: str, stem: 
     s = summarize(points, ["curve", "percent"], metric)
     axis = fraction_axis(points, config).set_index("percent")
     s = s.join(axis[["n_images", "true_percent"]], on="percent")
-    s.to_csv(stem.with_suffix(".csv"), index=False)
+    _data(s, stem, stamp)
     methods = [m for m in config.methods if m != "real-only"] or ["real-only"]
     fig, axes = plt.subplots(1, len(methods), figsize=(4.6 * len(methods), 3.8), sharey=True,
                              squeeze=False)
@@ -85,7 +94,7 @@ def _bars(zero: pd.DataFrame, specs, key: str) -> pd.DataFrame:
     """mean, lo, hi (clipped 95 % CI), n of ``key`` per policy at 0 %."""
     rows = []
     for p in specs:
-        mean, ci, n = ci95(zero[zero["policy"] == p.key][key])
+        mean, ci, n = cell_ci(zero[zero["policy"] == p.key], key)
         ci = 0.0 if not np.isfinite(ci) else ci
         lo, hi = clip(mean - ci, mean + ci, bounds_of(key))
         rows.append({"policy": p.key, "metric": key, "mean": mean, "lo": lo, "hi": hi, "n": n})
@@ -102,7 +111,7 @@ def figure_policies(df: pd.DataFrame, config: StudyConfig, metric: str, stem: Pa
     zero = df[df["method"] == ZERO_SHOT]
     specs = [p for p in config.all_policies() if p.key in set(zero["policy"])]
     bars = _bars(zero, specs, metric)
-    bars.to_csv(stem.with_suffix(".csv"), index=False)
+    _data(bars, stem, stamp)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(specs) + 2), 3.8))
     colors = ["tab:gray" if p.key == config.report.baseline else
               "tab:orange" if p in config.ablations else "tab:blue" for p in specs]
@@ -131,7 +140,7 @@ def figure_gap(df: pd.DataFrame, config: StudyConfig, metric: str, stem: Path,
         drawn.append(bars)
         ax.bar(x + offset, bars["mean"], width=0.4, label=label, capsize=3, yerr=_yerr(bars))
     if drawn:
-        pd.concat(drawn).to_csv(stem.with_suffix(".csv"), index=False)
+        _data(pd.concat(drawn), stem, stamp)
     ax.set_xticks(x, [p.key for p in specs], rotation=35, ha="right", fontsize=8)
     ax.set_ylabel(f"{metric.removeprefix('real_test_')} at 0 %")
     ax.set_title("Sim vs real (gap = sim − real)")

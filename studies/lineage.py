@@ -79,7 +79,7 @@ def cell_inputs(handle, cell, data, capture_dir: Path, capture_digest: str) -> l
         {"name": f"captures {cell.policy} s{cell.seed} bench {cell.bench}",
          "digest": capture_digest[:DIGEST_CHARS], "context": "captures",
          "source": {"uri": _where(capture_dir, handle.study_dir or handle.home),
-                    "bench_seed": cell.bench, "bench_preset": config.bench.preset},
+                    "bench_seed": cell.bench, "bench_preset": config.bench.of(cell.bench).preset},
          "profile": {**real, "real_fraction": cell.fraction}},
     ]  # fmt: skip
 

@@ -3,21 +3,22 @@
 When the last cell of a curve point (one curve, one fraction: every seed x bench) completes, the
 mean of its cells' primary metric is logged on the study (parent) run as
 ``curve/<policy>/<method>/<metric>`` (``curve/real-only/<metric>`` for the reference) at
-step = the labelled real images of that fraction, the axis of the report's figure; MLflow's
+step = the labelled real images its cells used (:func:`studies.stats.label_count`: every
+real label, real val included under ``real-val``), the axis of the report's figure; MLflow's
 chart of that metric is then the curve, filled in as the study runs.  Each point is logged
 once; ``study report`` logs any point still missing (e.g. of a study run before).
 """
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 from optuna.trial import TrialState
 
 from studies.grid import grid_cells
-from studies.stats import curve_points
+from studies.stats import LABEL_COLUMNS, curve_points, label_count
 from studies.tracking import retry
-
-STEP_COLUMN = "n_real_pool"  # the labelled real images a cell's fraction holds
 
 
 def _row(cell) -> dict:
@@ -44,7 +45,8 @@ def log_curve_points(handle, tracker, cell=None) -> int:
     it belongs to); returns how many were logged."""
     metric = handle.config.primary_metric
     done = completed(handle)
-    if not handle.parent_run_id or done.empty or metric not in done or STEP_COLUMN not in done:
+    if (not handle.parent_run_id or done.empty or metric not in done
+            or not any(c in done for c in LABEL_COLUMNS)):
         return 0
     grid = pd.DataFrame([_row(c) for c in grid_cells(handle.config)])
     expected = curve_points(grid, handle.config).groupby(["curve", "percent"]).size()
@@ -56,7 +58,10 @@ def log_curve_points(handle, tracker, cell=None) -> int:
     for (curve, percent), group in points.groupby(["curve", "percent"]):
         if len(group) < expected.get((curve, percent), 0):
             continue  # seeds / benches still running
-        key, step = f"curve/{curve}/{metric}", int(group[STEP_COLUMN].median())
+        n = label_count(group)
+        if math.isnan(n):  # no count recorded
+            continue
+        key, step = f"curve/{curve}/{metric}", int(n)
         if step in _logged_steps(tracker, handle.parent_run_id, key):
             continue
         tracker.log_metrics(handle.parent_run_id, {key: float(group[metric].mean())}, step=step)

@@ -4,21 +4,21 @@
   metric's range, `` (n=2)`` appended where fewer than 3 samples back it).
 - :func:`write_table` writes CSV, Markdown and a booktabs LaTeX table whose every cell is
   escaped (:func:`latex_escape`), so it compiles under pdflatex.
-- :func:`write_json` writes strict JSON: NaN and infinities become ``null``.
+- :func:`strict` makes an object strict JSON (NaN and infinities ``null``), written with
+  :func:`harness.files.write_json` (atomic).
 - :func:`findings` turns the paired comparisons of :func:`studies.stats.comparisons` into
   sentences a reader can paste.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from studies.stats import FEW, clip
+from studies.intervals import FEW, clip
 
 _LATEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -108,10 +108,6 @@ def strict(obj):
     return str(obj)
 
 
-def write_json(obj, path: Path) -> None:
-    path.write_text(json.dumps(strict(obj), indent=2, allow_nan=False) + "\n")
-
-
 # ---------------------------------------------------------------------------------- findings
 def _num(x: float, digits: int, sign: bool = False) -> str:
     if x is None or not np.isfinite(x):
@@ -121,8 +117,8 @@ def _num(x: float, digits: int, sign: bool = False) -> str:
 
 def finding(c: dict, axis: dict, digits: int = 3) -> str:
     """One paired comparison in words, e.g. "physics at 0 % beats none by +0.130 [0.050,
-    0.210] (95 % t interval; bootstrap [0.07, 0.19]), p = 0.01, 9 seed x bench pairs; the
-    interval excludes zero." ``axis``: fraction -> (images, true percent)."""
+    0.210] (95 % t interval, 3.2 df; bootstrap [0.07, 0.19]), p = 0.01, 3 seeds x 3 benches
+    (crossed); the interval excludes zero." ``axis``: fraction -> (images, true percent)."""
     verb = "beats" if c["mean"] > 0 else "trails" if c["mean"] < 0 else "ties with"
     if c["kind"] == "policy":
         subject, other = f"{c['a']} at 0 %", c["b"]
@@ -134,14 +130,28 @@ def finding(c: dict, axis: dict, digits: int = 3) -> str:
         other = (f"{c['b']}" + (f" (both after policy {c['policy']})" if c["a"] != "real-only"
                                 else f" (after policy {c['policy']})"))
     p = "n/a" if c["p"] is None or not np.isfinite(c["p"]) else f"{c['p']:.2g}"
+    df = c.get("df")
+    df = f", {df:.2g} df" if df is not None and np.isfinite(df) else ""
     text = (f"{subject} {verb} {other} by {_num(c['mean'], digits, True)} "
-            f"[{_num(c['t_lo'], digits)}, {_num(c['t_hi'], digits)}] (95 % t interval; "
+            f"[{_num(c['t_lo'], digits)}, {_num(c['t_hi'], digits)}] (95 % t interval{df}; "
             f"bootstrap [{_num(c['boot_lo'], digits)}, {_num(c['boot_hi'], digits)}]), "
-            f"p = {p}, {c['n']} seed x bench pair{'s' if c['n'] != 1 else ''}; ")
+            f"p = {p}, {design(c)}; ")
     if c["few"]:
         return text + f"too few pairs (< {FEW}) for the interval to carry a claim."
+    if c.get("no_variance"):
+        return text + ("no variance: every seed x bench difference is the same, so no "
+                       "interval or test applies.")
     return text + ("the interval excludes zero." if c["excludes_zero"]
                    else "the interval includes zero (no difference shown).")
+
+
+def design(c: dict) -> str:
+    """"3 seeds x 3 benches (crossed)" of a comparison (its pair count where unrecorded)."""
+    if c.get("n_seeds") is None:
+        return f"{c['n']} seed x bench pair{'s' if c['n'] != 1 else ''}"
+    s, b = c["n_seeds"], c["n_benches"]
+    return (f"{s} seed{'s' if s != 1 else ''} x {b} bench{'es' if b != 1 else ''} "
+            "(crossed)")
 
 
 def findings(head: dict) -> list[str]:
@@ -152,9 +162,12 @@ def findings(head: dict) -> list[str]:
     axis = {row["fraction"]: (row["n_images"], row["true_percent"])
             for row in head.get("fraction_axis", [])}
     shown = sum(c["excludes_zero"] and not c["few"] for c in comps)
-    lines = [(f"Paired over seed x bench (same splits and real fractions), differences in "
-              f"{head['metric']}; {shown} of {len(comps)} intervals exclude zero.  p-values are "
-              "of the paired t test, not corrected for multiple comparisons."), ""]
+    lines = [(f"Differences in {head['metric']}, paired per (seed, bench) (same splits and real "
+              "fractions); seeds and benches are crossed, so the t interval and p take the "
+              "mean's variance from the two-way ANOVA (seed, bench, residual; Satterthwaite "
+              "df) and the bootstrap resamples seeds and benches independently, not the pairs "
+              f"as if independent; {shown} of {len(comps)} intervals exclude zero.  p-values are "
+              "not corrected for multiple comparisons."), ""]
     lines += [f"- {finding(c, axis)}" for c in comps]
     return lines
 
@@ -169,8 +182,10 @@ def comparisons_table(head: dict) -> pd.DataFrame:
                      "95 % t CI": f"[{_num(c['t_lo'], 3)}, {_num(c['t_hi'], 3)}]",
                      "bootstrap CI": f"[{_num(c['boot_lo'], 3)}, {_num(c['boot_hi'], 3)}]",
                      "p": "n/a" if not np.isfinite(c["p"]) else f"{c['p']:.2g}",
-                     "pairs": c["n"],
-                     "excludes 0": "n < 3" if c["few"] else ("yes" if c["excludes_zero"]
-                                                             else "no")})
+                     "df": _num(c.get("df", math.nan), 1),
+                     "seeds x benches": f"{c.get('n_seeds', '?')} x {c.get('n_benches', '?')}",
+                     "excludes 0": "n < 3" if c["few"] else "no variance" if c.get(
+                         "no_variance") else ("yes" if c["excludes_zero"] else "no")})
     return pd.DataFrame(rows, columns=["comparison", "difference", "95 % t CI", "bootstrap CI",
-                                       "p", "pairs", "excludes 0"]).set_index("comparison")
+                                       "p", "df", "seeds x benches", "excludes 0"]
+                        ).set_index("comparison")

@@ -21,6 +21,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TuningRecord(BaseModel):
+    """Where a tuned policy came from (the ``tuning`` block ``simgap tune`` writes): its
+    objective's label source, the real labels it read (charged to every cell of the policy:
+    ``n_real_labels_tuning``), trials, seeds and study config; other keys are not kept."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    protocol: str | None = None
+    real_labels: int = Field(0, ge=0)
+    trials: int | None = Field(None, ge=0)
+    seed: int | None = None
+    bench_seed: int | None = None
+    config_hash: str | None = None
+
+
 class AdaptBudget(_Strict):
     """The adaptation budget, the same for every method at every fraction: ``steps`` optimizer
     steps of ``batch_size`` real frames (cycling through the fraction), selected at ``evals``

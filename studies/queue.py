@@ -1,10 +1,9 @@
 """The queue of cells on an Optuna storage: every use of Optuna internals lives here.
 
-Every cell is *enqueued* once as a WAITING trial carrying its grid point (the ``fixed_params``
-and ``grid_id`` system attributes GridSampler itself writes, so its bookkeeping counts these
-trials); a worker claims one by the storage's atomic WAITING -> RUNNING transition (the one
-``study.ask()`` uses), which makes "each cell runs once" hold for any number of workers on any
-machines, on SQLite, journal files or PostgreSQL.
+Every cell is *enqueued* once as a WAITING trial carrying its grid point (GridSampler's own
+``fixed_params`` / ``grid_id`` system attributes); a worker claims one by the storage's atomic
+WAITING -> RUNNING transition (as ``study.ask()``): each cell runs once for any number of
+workers on any machines, on SQLite, journal files or PostgreSQL.
 
 Recovery:
 - A cell is done when it has a COMPLETE trial; finished cells are never redone.
@@ -12,13 +11,12 @@ Recovery:
   RUNNING trial whose local worker process is gone, or whose heartbeat is older than
   ``grid.stale_after_s``, is marked FAIL and its cell queued again (the FAIL transition is
   atomic, so only one worker re-queues it).
-- :func:`sync_grid` queues every cell that has no COMPLETE, WAITING or RUNNING trial, e.g. cells
-  that failed with an error.
+- :func:`sync_grid` queues every cell without a COMPLETE, WAITING or RUNNING trial.
 - A cell whose capture request has no answer yet (an ``exchange`` bench) is queued again with
   the request id (:func:`await_captures`, user attribute ``needs_captures``) and claimed only
   once an answer is there; its failed try never counts as a failure.
-- Two claims of one cell (only possible around a re-queue race) are settled at start
-  (:func:`duplicate_of`): the lower trial number runs, the other is pruned without running.
+- A re-queue (FAIL, then enqueue) holds the study-folder lock, as :func:`sync_grid` does; two
+  claims of one cell are settled at start (:func:`duplicate_of`): the earlier claim runs.
 
 The internals relied on (checked by tests/studies/test_queue.py against the installed Optuna):
 ``storage.set_trial_state_values`` returning False / raising ``UpdateFinishedTrialError`` when
@@ -34,13 +32,14 @@ import os
 import socket
 import threading
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
 from studies.grid import Cell, grid_cells, search_space
-from studies.storage import StudyHandle, first_line
+from studies.storage import StudyHandle, first_line, study_lock
 
 log = logging.getLogger("simgap.studies")
 
@@ -50,22 +49,20 @@ CELL_STATES = ("complete", "running", "waiting-for-captures", "queued", "failed"
 
 
 def cell_of(trial: optuna.trial.FrozenTrial) -> str | None:
-    """The id of the cell a trial runs."""
-    return trial.user_attrs.get("cell")
+    return trial.user_attrs.get("cell")  # the id of the cell a trial runs
 
 
 # ---------------------------------------------------------------------------------- enqueue
 def sync_grid(handle: StudyHandle) -> int:
-    """Queue every cell without a COMPLETE, WAITING or RUNNING trial; returns how many.
-
-    Call it from one process at a time (under :func:`studies.storage.study_lock`): two callers
-    could both queue the same missing cell."""
+    """Queue every cell without a COMPLETE, WAITING or RUNNING trial; returns how many.  Call it
+    under :func:`studies.storage.study_lock`: two callers could queue the same missing cell."""
     study = handle.study
-    requeue_stale(handle)
-    trials = study.get_trials(deepcopy=False)
-    covered = {cell_of(t) for t in trials if t.state in LIVE}
-    missing = [c for c in grid_cells(handle.config) if c.id not in covered]
-    enqueue(handle, missing, {})
+    with folder_lock(handle, held=True):
+        requeue_stale(handle)
+        trials = study.get_trials(deepcopy=False)
+        covered = {cell_of(t) for t in trials if t.state in LIVE}
+        missing = [c for c in grid_cells(handle.config) if c.id not in covered]
+        enqueue(handle, missing, {})
     return len(missing)
 
 
@@ -134,14 +131,17 @@ def group(params: dict) -> tuple:
 
 
 def duplicate_of(handle: StudyHandle, trial: optuna.Trial, cell_id: str) -> int | None:
-    """The number of a trial that has run or runs ``cell_id`` before ``trial``, if any."""
+    """The number of a trial that has run ``cell_id`` (COMPLETE, whatever its number) or runs
+    it and was claimed before ``trial`` (RUNNING, earlier claim; the lower number on a tie), if
+    any.  Both claimants see the same claim times, so exactly one of two concurrent runs goes on."""
+    def order(t):  # when claimed (WAITING -> RUNNING), then the number
+        return (t.datetime_start.timestamp() if t.datetime_start else float("inf"), t.number)
+
+    mine = order(handle.storage.get_trial(trial._trial_id))
     for other in handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
                                                                  TrialState.RUNNING)):
-        if (
-            other.number != trial.number
-            and cell_of(other) == cell_id
-            and (other.state == TrialState.COMPLETE or other.number < trial.number)
-        ):
+        if other.number != trial.number and cell_of(other) == cell_id and (
+                other.state == TrialState.COMPLETE or order(other) < mine):
             return other.number
     return None
 
@@ -242,9 +242,10 @@ def requeue_stale(handle: StudyHandle) -> list[str]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not is_stale(trial, now, stale_after):
             continue
-        if fail(storage, trial._trial_id):
-            _requeue(handle, trial, "worker gone")
-            requeued.append(cell_of(trial))
+        with folder_lock(handle):
+            if fail(storage, trial._trial_id):
+                _requeue(handle, trial, "worker gone")
+                requeued.append(cell_of(trial))
     return requeued
 
 
@@ -276,8 +277,9 @@ def hand_back(handle: StudyHandle, trial: optuna.Trial, reason: str,
               extra: dict | None = None) -> None:  # fmt: skip
     """Fail this worker's own running ``trial`` and queue its cell again (e.g. on SIGTERM);
     ``extra``: user attributes of the new trial."""
-    if fail(handle.storage, trial._trial_id):
-        _requeue(handle, handle.storage.get_trial(trial._trial_id), reason, extra)
+    with folder_lock(handle):
+        if fail(handle.storage, trial._trial_id):
+            _requeue(handle, handle.storage.get_trial(trial._trial_id), reason, extra)
 
 
 def await_captures(handle: StudyHandle, trial: optuna.Trial, request_id: str) -> None:
@@ -298,8 +300,30 @@ def _requeue(handle: StudyHandle, trial: optuna.trial.FrozenTrial, reason: str,
             handle.tracking().set_status(run_id, "KILLED")
         except Exception as exc:  # noqa: BLE001 - best effort; the trial state is what counts
             log.warning("could not mark MLflow run %s killed: %s", run_id, first_line(exc))
+    if any(cell_of(t) == cell for t in handle.study.get_trials(deepcopy=False, states=LIVE)):
+        return  # queued meanwhile (a sync_grid that held no lock)
     cells = [c for c in grid_cells(handle.config) if c.id == cell]
     enqueue(handle, cells, {"retry_of": trial.number, **(extra or {})})
+
+
+_held = threading.local()  # the study folder whose lock this thread holds
+
+
+@contextmanager
+def folder_lock(handle: StudyHandle, held: bool = False):
+    """The study-folder lock (:func:`studies.storage.study_lock`), when the folder is known, so a
+    re-queue never interleaves with :func:`sync_grid`; ``held``: the caller holds it already."""
+    folder = handle.study_dir or handle.home
+    key = folder and str(Path(folder).resolve())
+    if not key or getattr(_held, "folder", None) == key:  # never a 2nd lock: it'd wait forever
+        yield
+        return
+    with nullcontext() if held else study_lock(folder):
+        _held.folder = key
+        try:
+            yield
+        finally:
+            _held.folder = None
 
 
 def reconcile_runs(handle: StudyHandle) -> dict[str, str]:

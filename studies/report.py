@@ -5,7 +5,7 @@ names); their numbers come from MLflow (the run's metrics and artifacts).  Outpu
 atomically into ``<study>/report/``:
 
     report.md                       everything on one page
-    tables/*.csv|md|tex             mean ± 95 % CI over seeds x benches (t distribution);
+    tables/*.csv|md|tex             mean ± 95 % CI over seeds x benches (crossed);
                                     LaTeX as booktabs tables that compile
     figures/*.png|pdf|csv           fraction curves, policies at 0 %, sim vs real gap, t-SNE
                                     (the CSV holds the plotted numbers)
@@ -26,24 +26,23 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from harness.errors import SimgapError
-from harness.files import staged_dir
+from harness.files import staged_dir, write_json
 from studies.config import ZERO_SHOT, StudyConfig
 from studies.figures import figure_curves, figure_gap, figure_policies, figure_tsne
 from studies.grid import AXES, Cell, grid_cells
+from studies.intervals import bounds_of, cell_ci
 from studies.live import log_curve_points
 from studies.outputs import (
     comparisons_table,
     findings,
     fmt,
     fmt_needs,
-    write_json,
+    strict,
     write_table,
 )
 from studies.progress import report_bar, report_step
 from studies.protocol import ORACLE_STAMP
 from studies.stats import (
-    bounds_of,
-    ci95,
     curve_order,
     curve_points,
     fraction_axis,
@@ -130,8 +129,8 @@ def _axis_text(axis: pd.DataFrame, percent: float) -> str:
 
 
 def _zero_shot_table(zero: pd.DataFrame, config: StudyConfig, metric: str) -> pd.DataFrame:
-    cols = [c for c in (metric, "sim_real_test_acc", "gap", "sim_test_acc", "real_val_acc",
-                        "feature_mmd2") if c in zero]
+    keys = (metric, "sim_real_test_acc", "gap", "sim_test_acc", "feature_mmd2")
+    cols = [c for c in keys if c in zero]
     rows = []
     for spec in config.all_policies():
         z = zero[zero["policy"] == spec.key]
@@ -139,7 +138,7 @@ def _zero_shot_table(zero: pd.DataFrame, config: StudyConfig, metric: str) -> pd
             continue
         row = {"policy": spec.key, "kind": "ablation" if spec in config.ablations else
                "compared", "n": len(z)}
-        row.update({c: fmt(*ci95(z[c])[:2], bounds=bounds_of(c)) for c in cols})
+        row.update({c: fmt(*cell_ci(z, c)[:2], bounds=bounds_of(c)) for c in cols})
         rows.append(row)
     return pd.DataFrame(rows).set_index("policy")
 
@@ -195,11 +194,9 @@ def _write_report(handle: StudyHandle, df: pd.DataFrame, tmp: Path, bar=None) ->
     tabs["comparisons"] = comparisons_table(head)
     for name, table in tabs.items():
         caption = CAPTIONS.get(name, "Headline numbers (mean ± 95 % CI; baseline needs: "
-                               "median [95 % bootstrap CI] over seed x bench)")
-        if stamp:
-            caption, table = f"{stamp.upper()}: {caption}", table.assign(selection=stamp)
-        write_table(table, tmp / "tables" / name, caption.format(metric=metric))
-    write_json(head, tmp / "headline.json")
+                               "lower median [95 % bootstrap CI] over seeds x benches)")
+        write_stamped(table, tmp / "tables" / name, caption.format(metric=metric), stamp)
+    write_json(tmp / "headline.json", strict(head), allow_nan=False)
     report_step(bar)
     points = curve_points(df, config)
     figs = _figures(df, points, config, metric, tmp / "figures", stamp)
@@ -207,14 +204,21 @@ def _write_report(handle: StudyHandle, df: pd.DataFrame, tmp: Path, bar=None) ->
     figs += _tsne_figures(handle, df, tmp, stamp)
     report_step(bar)
     md = report_markdown(handle, df, grid_cells(config), tabs, head, figs)
-    md += _per_bench(df, config, metric, tmp)
+    md += _per_bench(df, config, metric, tmp, stamp)
     (tmp / "report.md").write_text(md)
     return points
 
 
 CAPTIONS = {"fraction_curves": "{metric} vs labelled real fraction (mean ± 95 % CI)",
             "zero_shot": "Policies at 0 % real data (mean ± 95 % CI)",
-            "comparisons": "Paired comparisons of {metric} over seed x bench (95 % CI)"}
+            "comparisons": "Paired comparisons of {metric}, seeds x benches crossed (95 % CI)"}
+
+
+def write_stamped(table: pd.DataFrame, stem: Path, caption: str, stamp: str = "") -> None:
+    """:func:`write_table`, with a ``stamp`` (oracle) column and caption prefix if given."""
+    if stamp:
+        caption, table = f"{stamp.upper()}: {caption}", table.assign(selection=stamp)
+    write_table(table, stem, caption)
 
 
 def oracle_stamp(df: pd.DataFrame) -> str:
@@ -259,9 +263,10 @@ def _tsne_figures(handle: StudyHandle, df: pd.DataFrame, tmp: Path,
     return out
 
 
-def _per_bench(df: pd.DataFrame, config: StudyConfig, metric: str, tmp: Path) -> str:
-    """With several bench kinds: each one's headline and tables (``tables/NAME@BENCH``) and
-    their report section; "" with one."""
+def _per_bench(df: pd.DataFrame, config: StudyConfig, metric: str, tmp: Path,
+               stamp: str = "") -> str:
+    """With several bench kinds: each one's headline and tables (``tables/NAME@BENCH``,
+    stamped like the others) and their report section; "" with one."""
     labels = sorted(df["bench_label"].unique()) if "bench_label" in df else []
     if len(labels) < 2:
         return ""
@@ -272,8 +277,8 @@ def _per_bench(df: pd.DataFrame, config: StudyConfig, metric: str, tmp: Path) ->
                 **headline_tables(headline(part, config, metric))}  # fmt: skip
         for name, table in tabs.items():
             caption = CAPTIONS.get(name, "Headline numbers").format(metric=metric)
-            write_table(table, tmp / "tables" / f"{name}@{_slug(label)}",
-                        f"{caption} (bench {label})")  # fmt: skip
+            write_stamped(table, tmp / "tables" / f"{name}@{_slug(label)}",
+                          f"{caption} (bench {label})", stamp)  # fmt: skip
         lines += [f"### bench `{label}`", ""]
         lines += [tabs[n].to_markdown() + "\n" for n in ("headline_policies", "fraction_curves")
                   if n in tabs]  # fmt: skip
@@ -322,7 +327,7 @@ def report_markdown(handle, df, expected, tabs, head, figs) -> str:
         (f"Per policy: {metric} with no real data, the sim-to-real gap, and how much labelled "
         "real data the no-augmentation baseline "
         f"(`{config.report.baseline}`) needs to match it (per adaptation method; per seed and "
-        "bench on a log-fraction axis, median [95 % bootstrap interval]; '<' / '>': first "
+        "bench on a log-fraction axis, lower median [95 % bootstrap interval]; '<' / '>': first "
         "reached below the smallest / never reached up to the largest fraction)."),
         "",
         head_tables["headline_policies"].to_markdown(),
@@ -363,8 +368,10 @@ def _intro(handle, df, expected) -> list[str]:
         "are drawn per seed; model selection uses "
         f"`{config.selection.sim}` (sim) and `{config.selection.adapt}` (adaptation); the real "
         "test split is read once per cell, for the final numbers only.  Values are mean ± 95 % "
-        "CI (t distribution) over seeds x benches, written mean [lo, hi] where the interval "
-        "was clipped to the metric's range; (n=k) marks fewer than 3 samples."),
+        "CI over seeds x benches, crossed (t interval with the two-way ANOVA variance and "
+        "Satterthwaite df: seeds and benches are the independent units, not the cells), "
+        "written mean [lo, hi] where the interval was clipped to the metric's range; (n=k) "
+        "marks fewer than 3 samples."),
         "",
     ]
 

@@ -1,15 +1,25 @@
 """Statistics of a study's cells: intervals, paired comparisons, fraction curves, headline.
 
-Every (seed, bench) pair is one sample.  All policies and methods of a seed and bench share the
-splits and the real fractions, so two cell groups are compared *paired*: d_i = a_i - b_i per
-(seed, bench), reported as the mean d̄ with the t interval d̄ ± t_{0.975, n-1} s_d / √n, the
-two-sided p of the paired t test (``scipy.stats.ttest_1samp`` of d against 0) and a percentile
-bootstrap interval of d̄ (pairs resampled, fixed seed).  Intervals of accuracies are clipped to
-[0, 1] (of their differences to [-1, 1]); fewer than 3 pairs is flagged (``few``).
+Seeds and benches are crossed: the sim model and the nested real fractions depend on the seed
+alone, the real domain on the bench, so the S x B cells of one condition are not S·B independent
+samples.  A mean over them gets the variance of the crossed random-effects model from the
+two-way ANOVA without replication (:func:`studies.intervals.crossed_variance`: (MS_seed +
+MS_bench - MS_resid) / (S B), each variance component truncated at zero) and a t interval on
+Satterthwaite's degrees of freedom; with one bench (or one seed) that is the ordinary t interval
+over the other factor.
+
+All policies and methods of a seed and bench share the splits and the real fractions, so two
+cell groups are compared *paired* (:func:`studies.intervals.paired`): d_sb = a_sb - b_sb per
+(seed, bench), the mean d̄ with that t interval, the two-sided p of the t test of d̄ = 0 on
+the same df, and a percentile two-way bootstrap interval (S seeds and B benches drawn with
+replacement, independently, all their pairs; fixed seed).  Identical differences are flagged
+``no_variance`` (no interval, p NaN).  Intervals of accuracies are clipped to [0, 1] (of their
+differences to [-1, 1]); fewer than 3 pairs is flagged (``few``).
 
 "Baseline needs" is computed per (seed, bench) on a log-fraction axis (:func:`needed_fraction`)
-and summarised by its median with a bootstrap interval (:func:`needed_summary`); a seed whose
-baseline never reaches the policy counts as "> largest fraction", never extrapolated.
+and summarised by its lower median with a two-way bootstrap interval (:func:`needed_summary`);
+a seed whose baseline never reaches the policy counts as "> largest fraction", never
+extrapolated.
 
 The input is the per-cell table :func:`studies.report.collect` builds (one row per cell).
 """
@@ -23,94 +33,40 @@ import numpy as np
 import pandas as pd
 
 from studies.config import ZERO_SHOT, StudyConfig
+from studies.intervals import (
+    FEW,
+    N_BOOT,
+    PAIR,
+    bounds_of,
+    cell_ci,
+    clip,
+    crossed_ci,
+    crossed_table,
+    paired,
+)
 
 STAT_KEYS = ("mean", "ci95", "n")
-N_BOOT = 4000
-FEW = 3  # fewer pairs than this: the interval is flagged
-PAIR = ["seed", "bench"]
 REFERENCE_METHOD = "finetune-full"  # each method is compared with this one
 #: Known class counts of the built-in sources (chance = 1 / classes).
 SOURCE_CLASSES = {"fashion-mnist": 10, "digits": 10}
 
 
-def ci95(values) -> tuple[float, float, int]:
-    """(mean, half-width of the 95 % t interval, n); half-width NaN for n < 2."""
-    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    n = len(x)
-    if n == 0:
-        return math.nan, math.nan, 0
-    if n == 1:
-        return float(x[0]), math.nan, 1
-    from scipy.stats import t
-
-    return float(x.mean()), float(t.ppf(0.975, n - 1) * x.std(ddof=1) / math.sqrt(n)), n
-
-
-def bounds_of(metric: str) -> tuple[float, float] | None:
-    """The range a metric's values live in (accuracies: [0, 1]); None when unbounded."""
-    return (0.0, 1.0) if metric.endswith(("acc", "_accuracy")) else None
-
-
-def clip(lo: float, hi: float, bounds) -> tuple[float, float]:
-    if bounds is None:
-        return lo, hi
-    return (max(lo, bounds[0]) if np.isfinite(lo) else lo,
-            min(hi, bounds[1]) if np.isfinite(hi) else hi)
-
-
 def summarize(df: pd.DataFrame, by: list[str], metric: str, bounds=None) -> pd.DataFrame:
-    """mean, ci95, n and the (clipped) interval lo, hi of ``metric`` per group of ``by``."""
+    """mean, ci95, n and the (clipped) interval lo, hi of ``metric`` per group of ``by``
+    (:func:`cell_ci`: seeds x benches crossed)."""
     rows = []
     if metric not in df:
         return pd.DataFrame(columns=[*by, "mean", "ci95", "n", "lo", "hi"])
     bounds = bounds if bounds is not None else bounds_of(metric)
     for key, group in df.groupby(by, sort=False):
         key = key if isinstance(key, tuple) else (key,)
-        mean, ci, n = ci95(group[metric])
+        mean, ci, n = cell_ci(group, metric)
         lo, hi = clip(mean - ci, mean + ci, bounds)
         rows.append({**dict(zip(by, key)), "mean": mean, "ci95": ci, "n": n, "lo": lo, "hi": hi})
     return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------------- paired
-def bootstrap_ci(x: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile bootstrap interval of the mean of ``x`` (NaN for n < 2)."""
-    x = np.asarray(x, dtype=float)
-    if len(x) < 2:
-        return math.nan, math.nan
-    if np.ptp(x) <= 1e-12:
-        return float(x.mean()), float(x.mean())
-    from scipy.stats import bootstrap
-
-    res = bootstrap((x,), np.mean, n_resamples=N_BOOT, method="percentile",
-                    rng=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
-def paired(a: pd.Series, b: pd.Series, bounds=None) -> dict:
-    """Paired comparison of ``a`` - ``b`` (both indexed by seed and bench; unmatched dropped).
-
-    mean, t interval (t_lo, t_hi), bootstrap interval (boot_lo, boot_hi), p, n, few, and
-    excludes_zero (of the t interval).  ``bounds`` of the values clip the difference to
-    [lo - hi, hi - lo]."""
-    d = (a - b).dropna().to_numpy(dtype=float)
-    n = len(d)
-    out = {"mean": float(d.mean()) if n else math.nan, "n": n, "few": n < FEW}
-    mean, half, _ = ci95(d)
-    span = None if bounds is None else (bounds[0] - bounds[1], bounds[1] - bounds[0])
-    out["t_lo"], out["t_hi"] = clip(mean - half, mean + half, span)
-    out["boot_lo"], out["boot_hi"] = clip(*bootstrap_ci(d), span)
-    out["p"] = math.nan
-    if n >= 2 and np.ptp(d) > 1e-12:  # below: equal up to rounding
-        from scipy.stats import ttest_1samp
-
-        out["p"] = float(ttest_1samp(d, 0.0).pvalue)
-    elif n >= 2 and d[0] != 0:
-        out["p"] = 0.0  # every pair differs by the same non-zero amount
-    out["excludes_zero"] = bool(out["t_lo"] > 0 or out["t_hi"] < 0)
-    return out
-
-
 def _series(df: pd.DataFrame, metric: str, **where) -> pd.Series:
     rows = df
     for column, value in where.items():
@@ -180,15 +136,28 @@ def curve_order(config: StudyConfig) -> list[str]:
     return names + (["real-only"] if "real-only" in config.methods else [])
 
 
+#: The per-cell counts of labelled real images, first found first: every real label the cell
+#: used (its fraction, and all of real val under ``selection.adapt: real-val``), else the
+#: fraction's pool images (cells recorded before ``n_real_labels``), else its training images.
+LABEL_COLUMNS = ("n_real_labels", "n_real_pool", "n_real_train")
+
+
+def label_count(cells: pd.DataFrame) -> float:
+    """Median labelled real images of ``cells`` (see :data:`LABEL_COLUMNS`); NaN if none."""
+    for column in LABEL_COLUMNS:
+        if column in cells and cells[column].notna().any():
+            return float(cells[column].median())
+    return math.nan
+
+
 def fraction_axis(df: pd.DataFrame, config: StudyConfig) -> pd.DataFrame:
-    """Per nominal fraction: percent, the labelled real images it holds (median
-    ``n_real_pool`` of its cells, else ``n_real_train``) and the true percent of the pool they
-    are (nominal when no cell recorded a count)."""
+    """Per nominal fraction: percent, the labelled real images its cells used (median of
+    :func:`label_count`) and the true percent of the pool they are (above 100 % where a cell
+    also labels real val; nominal when no cell recorded a count)."""
     rows = []
-    column = next((c for c in ("n_real_pool", "n_real_train") if c in df), None)
     for frac in sorted(config.fractions):
         at = df[np.isclose(df["fraction"], frac)] if not df.empty else df
-        n = at[column].median() if column and len(at) else math.nan
+        n = label_count(at) if len(at) else math.nan
         true = 100.0 * n / config.data.real.pool if np.isfinite(n) else 100.0 * frac
         rows.append({"fraction": frac, "percent": 100.0 * frac,
                      "n_images": None if not np.isfinite(n) else int(n), "true_percent": true})
@@ -202,8 +171,13 @@ def needed_fraction(fractions, values, target: float) -> tuple[float, str]:
     ``fractions`` ascending, starting at 0 (the policy-free zero-shot point).  Between two
     positive fractions the crossing is interpolated linearly in log fraction:
     log f = log f0 + (target - m0) / (m1 - m0) (log f1 - log f0).  Reached at 0: (0, "=");
-    first reached at the smallest positive fraction: (smallest, "<"); never: (largest, ">")."""
+    first reached at the smallest positive fraction: (smallest, "<"); never: (largest, ">").
+    NaN values (a missing cell) are skipped."""
     f, m = np.asarray(fractions, dtype=float), np.asarray(values, dtype=float)
+    keep = np.isfinite(m)  # a missing point is skipped: the crossing spans its neighbours
+    f, m = f[keep], m[keep]
+    if not len(f):
+        return float(np.asarray(fractions, dtype=float)[-1]), ">"
     for i in range(len(f)):
         if m[i] < target - 1e-9:  # equal up to rounding counts as reached
             continue
@@ -239,20 +213,33 @@ def _decode(code: float, smallest: float, largest: float) -> dict:
     return {"value": float(10 ** code), "relation": "="}
 
 
-def needed_summary(answers: list[tuple[float, str]], seed: int = 0) -> dict:
-    """Median over (seed, bench) of :func:`needed_fraction` answers and its 95 % percentile
-    bootstrap interval (pairs resampled; quantiles taken as observed values, so a censored
-    answer stays censored).  Values in fraction units, each as {value, relation}."""
+def needed_summary(answers: list[tuple[float, str]], seed: int = 0, pairs=None) -> dict:
+    """Lower median over (seed, bench) of :func:`needed_fraction` answers and its 95 %
+    percentile bootstrap interval.  Quantiles are taken as observed values (``inverted_cdf``:
+    of an even count the lower of the two middle answers), so a censored answer stays censored
+    and is never averaged into a number.  ``pairs``: the (seed, bench) of each answer; the
+    bootstrap then resamples seeds and benches independently (S seeds and B benches with
+    replacement, all their pairs; the largest complete part of a table with holes), else the
+    answers.  Values in fraction units, each as {value, relation}."""
     if not answers:
         return {"median": None, "lo": None, "hi": None, "n": 0, "few": True}
     codes = np.array([_code(v, r) for v, r in answers])
     positive = [v for v, r in answers if v > 0] or [0.0]
     smallest, largest = min(positive), max(positive)
     q = lambda x, p: np.quantile(x, p, axis=-1, method="inverted_cdf")
+    rng = np.random.default_rng(seed)
+    if pairs is not None:
+        table = crossed_table(pd.Series(codes, index=pd.MultiIndex.from_tuples(
+            list(pairs), names=PAIR)))
+        codes = table.ravel()
+        rows = rng.integers(0, table.shape[0], (N_BOOT, table.shape[0]))[:, :, None]
+        cols = rng.integers(0, table.shape[1], (N_BOOT, table.shape[1]))[:, None, :]
+        draws = table[rows, cols].reshape(N_BOOT, -1)
+    else:
+        draws = codes[rng.integers(0, len(codes), (N_BOOT, len(codes)))]
     out = {"median": _decode(float(q(codes, 0.5)), smallest, largest), "n": len(codes),
            "few": len(codes) < FEW}
-    rng = np.random.default_rng(seed)
-    medians = q(codes[rng.integers(0, len(codes), (N_BOOT, len(codes)))], 0.5)
+    medians = q(draws, 0.5)
     lo, hi = np.quantile(medians, [0.025, 0.975], method="inverted_cdf")
     out["lo"], out["hi"] = _decode(float(lo), smallest, largest), _decode(float(hi), smallest,
                                                                            largest)
@@ -302,8 +289,9 @@ def headline(df: pd.DataFrame, config: StudyConfig, metric: str) -> dict:
     }
 
 
-def _stat(values, bounds=None) -> dict:
-    mean, ci, n = ci95(values)
+def _stat(values: pd.Series, bounds=None) -> dict:
+    """mean, ci95, n, lo, hi, few of values indexed by seed and bench (:func:`crossed_ci`)."""
+    mean, ci, n = crossed_ci(values)
     lo, hi = clip(mean - ci, mean + ci, bounds)
     return {"mean": mean, "ci95": ci, "n": n, "lo": lo, "hi": hi, "few": n < FEW}
 
@@ -315,9 +303,9 @@ def _zero_shot(df: pd.DataFrame, config: StudyConfig, metric: str) -> tuple[dict
         z = zero[zero["policy"] == spec.key] if not zero.empty else zero
         if z.empty:
             continue
-        zero_shot[spec.key] = _stat(z[metric], bounds_of(metric))
+        zero_shot[spec.key] = _stat(z.groupby(PAIR)[metric].mean(), bounds_of(metric))
         if "gap" in z:
-            gap[spec.key] = _stat(z["gap"])
+            gap[spec.key] = _stat(z.groupby(PAIR)["gap"].mean())
     return zero_shot, gap
 
 
@@ -358,15 +346,17 @@ def _baseline_needs(df: pd.DataFrame, points: pd.DataFrame, config: StudyConfig,
             if spec.key == base:
                 continue
             targets = zero[zero["policy"] == spec.key].groupby(PAIR)[metric].mean()
-            answers = []
+            answers, pairs = [], []
             for pair, target in targets.items():
                 own = curve[(curve["seed"] == pair[0]) & (curve["bench"] == pair[1])]
                 own = own.groupby("fraction")[metric].mean().sort_index()
                 if len(own) and own.index[0] == 0.0:
                     true = [float(axis.get(f, f)) if f > 0 else 0.0 for f in own.index]
                     answers.append(needed_fraction(true, own.to_numpy(), float(target)))
+                    pairs.append(pair)
             if answers:
-                out.setdefault(spec.key, {})[method] = _percent(needed_summary(answers))
+                out.setdefault(spec.key, {})[method] = _percent(needed_summary(answers, 0,
+                                                                               pairs))
     return out
 
 

@@ -5,12 +5,14 @@ weight decay, layers, Siamese margin / alignment / adversarial term), so every p
 is tuned with the same trial budget.  The objective spends no more real labels than the study
 claims, by its selection protocol (``selection.adapt``):
 
-* a **policy** (its 0 % cell): ``real-val`` (the study declares the real val set as an extra
-  label cost) scores real val accuracy of the model captured through the emulated bench (only
-  val inputs are captured); any other protocol scores the best sim val accuracy (no real label);
-* a **method** at ``--fraction``: the method adapted on the reference policy's captures, scored
-  on the protocol's selection data (``real-val-from-budget`` and ``last``: a held-out part of
-  the fraction itself; ``sim-val``: sim val; ``real-val``: real val).
+* a **policy** (its 0 % cell; a policy without strengths, ``none``, gets its sim lr alone):
+  ``real-val`` (the study declares the real val set as an extra label cost) scores real val
+  accuracy of the model captured through the emulated bench of the tuned bench seed (only val
+  inputs are captured); any other protocol scores the best sim val accuracy (no real label);
+* a **method** at ``--fraction`` (one of the study's fractions above 0): the method adapted on
+  the reference policy's captures, scored on the protocol's selection data
+  (``real-val-from-budget`` and ``last``: a held-out part of the fraction itself; ``sim-val``:
+  sim val; ``real-val``: real val).
 
 ``oracle`` studies cannot be tuned.  After every epoch the objective is reported as an
 intermediate value and a MedianPruner stops trials that fall behind.  Real test is never read.
@@ -63,7 +65,8 @@ def _val_capture(config: StudyConfig, bench_seed: int):
     plan = capture_plan(data.images, {"val": data.splits["val"]})
     ids = torch.tensor(plan["input_id"].to_numpy(copy=True), dtype=torch.long)
     index = torch.tensor(plan["capture_index"].to_numpy(copy=True), dtype=torch.long)
-    return EmulatedBench(config.optics, bench_seed, config.bench.preset), ids, index
+    preset = config.bench.of(bench_seed).preset  # the bench block of the seed tuned on
+    return EmulatedBench(config.optics, bench_seed, preset), ids, index
 
 
 def _accuracy(model, frames: torch.Tensor, labels: torch.Tensor) -> float:
@@ -74,7 +77,7 @@ def _accuracy(model, frames: torch.Tensor, labels: torch.Tensor) -> float:
 def real_val_accuracy(config: StudyConfig, model, bench_seed: int, workdir: Path) -> float:
     """Capture the val inputs with ``model``'s mask, read them back, score the model."""
     data = cells.study_data(config)
-    bench = EmulatedBench(config.optics, bench_seed, config.bench.preset)
+    bench = EmulatedBench(config.optics, bench_seed, config.bench.of(bench_seed).preset)
     capture_dataset(bench, model.encoder.phase.detach(), data.images, {"val": data.splits["val"]},
                     workdir / "val-captures", progress=False)
     val = read_capture_set(workdir / "val-captures", splits=["val"]).val
@@ -242,12 +245,12 @@ def run_tuning(
         raise SimgapError(f"--trials: must be at least 1, got {trials}")
     seed = config.seeds[0] if seed is None else seed
     bench_seed = _emulated_bench(config, bench_seed)
+    protocol = tuning_protocol(config, "method" if method else "policy")
+    fraction = _checked_target(config, policy, method, fraction)  # all checks before a write
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    protocol = tuning_protocol(config, "method" if method else "policy")
     target, labels, prepared = _target(config, policy, method, fraction, seed, bench_seed,
                                        protocol, out)
-    fraction = target.get("fraction")
     url = resolve_storage_url(storage, out)
     study = _tuning_study(config, url, target, seed, bench_seed, trials)
     if study.metric_names is None:  # the objective's name in optuna-dashboard
@@ -286,17 +289,37 @@ def run_tuning(
             "real_labels": labels}
 
 
+def _checked_target(config: StudyConfig, policy: str, method: str | None,
+                    fraction: float | None) -> float | None:
+    """The fraction a method is tuned at (default: the study's smallest > 0; None for a
+    policy); refuses an unknown policy or method and a fraction that is not the study's."""
+    if not method:
+        if fraction is not None:
+            raise SimgapError("--fraction: only with --method (a policy is tuned at 0 %)")
+        try:
+            build_policy(policy, {}, config.optics)
+        except SimgapError as exc:
+            raise SimgapError(f"--policy: {exc}") from None
+        return None
+    hparams.method_space(method)
+    positive = sorted(f for f in config.fractions if f > 0)
+    if fraction is None and positive:
+        return positive[0]
+    if fraction not in positive:
+        listed = ", ".join(f"{f:g}" for f in positive) or "none"
+        raise SimgapError(f"--fraction: {fraction} is not one of the study's fractions above "
+                          f"0 ({listed})")
+    return fraction
+
+
 def _target(config: StudyConfig, policy: str, method: str | None, fraction: float | None,
             seed: int, bench_seed: int, protocol: str, out: Path):
-    """(target, real labels the objective reads, prepared method data or None)."""
+    """(target, real labels the objective reads, prepared method data or None); a policy
+    without strengths (``none``) gets its sim lr tuned alone."""
     if method:
-        hparams.method_space(method)
-        fraction = fraction or min([f for f in config.fractions if f > 0], default=0.01)
         prepared = _method_data(config, method, fraction, seed, bench_seed, protocol,
                                 out / "cache")
         return {"method": method, "fraction": fraction}, prepared[-1]["n_real_labels"], prepared
-    if not build_policy(policy, {}, config.optics).families:
-        raise SimgapError(f"--policy: {policy!r} has no strengths to tune")
     labels = len(cells.study_data(config).splits["val"]) if protocol == "real-val" else 0
     return {"policy": policy}, labels, None
 
@@ -328,7 +351,7 @@ def _tuning_info(config: StudyConfig, study: optuna.Study, info: dict) -> dict:
         "protocol": info["protocol"], "real_labels": info["real_labels"],
         "value": float(study.best_value), "trial": study.best_trial.number,
         "trials": len(study.trials), "seed": info["seed"], "bench_seed": info["bench_seed"],
-        "bench_preset": config.bench.preset, "study": study.study_name,
+        "bench_preset": config.bench.of(info["bench_seed"]).preset, "study": study.study_name,
         "storage": info["url"], "config": config.name, "config_hash": config.hash(),
     }  # fmt: skip
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
+from harness.errors import SimgapError
+
 _USERINFO = re.compile(
     r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/:@\s]*):(?P<pw>[^@/\s]*)@"
 )
@@ -38,7 +40,8 @@ def export_password(url: str | None) -> str | None:
     """Move the password of ``url`` into the environment this process and its workers read
     (never a command line, never a file) and return the URL without it: ``$PGPASSWORD`` for
     PostgreSQL, ``$MLFLOW_TRACKING_USERNAME`` / ``$MLFLOW_TRACKING_PASSWORD`` for an MLflow
-    server over HTTP(S).  Other URLs are returned unchanged."""
+    server over HTTP(S).  A password in any other URL is refused (it would reach the workers'
+    command lines); other URLs are returned unchanged."""
     if url is None:
         return None
     bare, password = split_password(url)
@@ -52,7 +55,9 @@ def export_password(url: str | None) -> str | None:
         os.environ["MLFLOW_TRACKING_USERNAME"] = match["user"]
         os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(password)
         return url[: match.start("user")] + url[match.end():]
-    return url
+    raise SimgapError(f"--storage / --tracking-uri: {mask_url(url)}: a password only in a "
+                      "postgresql:// or http(s):// URL; give it the way the driver reads one "
+                      "(e.g. an option file), not in the URL")
 
 
 # ---------------------------------------------------------------------------------- folders

@@ -197,3 +197,16 @@ def test_bad_names():
         HybridModel(encoder, loss_weights={"colour": 1.0})
     with pytest.raises(SimgapError, match="no samples"):
         fit(HybridModel(encoder), ImageData(torch.zeros(0, 1, N, N), torch.zeros(0).long()))
+
+
+def test_evaluation_under_a_policy_builds_no_graph(digits):
+    """predict runs under no_grad: frames under a policy must not require grad (no optics
+    autograd graph), and are the same frames as with gradients on."""
+    train, _ = digits
+    model, policy, index = make_model(), build_policy("physics", config=OpticsConfig(n=N)), [0, 1]
+    draw = [torch.Generator().manual_seed(3) for _ in range(2)]
+    with torch.no_grad():
+        frames = train.batch_frames(model, index, policy, draw[0], train=True)
+    assert not frames.requires_grad
+    graph = train.batch_frames(model, index, policy, draw[1], train=True)
+    assert graph.requires_grad and torch.equal(frames, graph.detach())

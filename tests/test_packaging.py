@@ -1,5 +1,5 @@
 """Packaging: every third-party import is declared, the version has one source, the license and
-changelog ship, the classifiers name the Python the tests run on."""
+changelog ship, the classifiers name the Python versions requires-python allows."""
 
 from __future__ import annotations
 
@@ -11,10 +11,20 @@ from pathlib import Path
 
 import pytest
 
-tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+try:
+    import tomllib  # Python >= 3.11; simgap itself does not need it
+except ModuleNotFoundError:  # Python 3.10: the tests that read pyproject.toml skip
+    tomllib = None
+
 ROOT = Path(__file__).resolve().parents[1]
 OWN = {"harness", "augment", "baselines", "studies", "__future__"}
-PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+@pytest.fixture(scope="module")
+def project() -> dict:
+    if tomllib is None:
+        pytest.skip("reading pyproject.toml needs tomllib (Python >= 3.11)")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
 def _name(requirement: str) -> str:
@@ -41,9 +51,9 @@ def _imports() -> dict[str, str]:
     return found
 
 
-def test_every_imported_distribution_is_declared():
-    core = {_name(r) for r in PROJECT["dependencies"]}
-    extras = {_name(r) for reqs in PROJECT["optional-dependencies"].values() for r in reqs}
+def test_every_imported_distribution_is_declared(project):
+    core = {_name(r) for r in project["dependencies"]}
+    extras = {_name(r) for reqs in project["optional-dependencies"].values() for r in reqs}
     dists = metadata.packages_distributions()
     imports = _imports()
     assert {"torch", "optuna", "mlflow", "scipy", "filelock"} <= set(imports)
@@ -53,31 +63,40 @@ def test_every_imported_distribution_is_declared():
         assert names & (core | extras), f"{module} (imported by {where}) is not declared"
     # lpips is optional (only harness.metrics' LPIPS, imported when asked for)
     assert "lpips" not in core and "lpips" in {_name(r) for r in
-                                               PROJECT["optional-dependencies"]["lpips"]}
+                                               project["optional-dependencies"]["lpips"]}
 
 
-def test_extras_name_the_drivers_and_tools():
-    extras = {k: {_name(r) for r in v} for k, v in PROJECT["optional-dependencies"].items()}
+def test_extras_name_the_drivers_and_tools(project):
+    extras = {k: {_name(r) for r in v} for k, v in project["optional-dependencies"].items()}
     assert "psycopg" in extras["postgres"]
     assert "optuna-dashboard" in extras["dashboard"]
 
 
-def test_version_has_one_source_and_is_printed(capsys):
+def test_version_has_one_source_and_is_printed(project, capsys):
     from harness.cli import main, version
 
-    assert version() == metadata.version("simgap") == PROJECT["version"]
+    assert version() == metadata.version("simgap") == project["version"]
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0
-    assert capsys.readouterr().out.strip() == f"simgap {PROJECT['version']}"
+    assert capsys.readouterr().out.strip() == f"simgap {project['version']}"
 
 
-def test_license_changelog_and_classifiers():
+def test_license_and_changelog(project):
     assert "MIT License" in (ROOT / "LICENSE").read_text()
-    assert PROJECT["license"]["text"] == "MIT"
+    assert project["license"]["text"] == "MIT"
     changelog = (ROOT / "CHANGELOG.md").read_text()
-    assert f"## [{PROJECT['version']}]" in changelog
-    here = f"Programming Language :: Python :: {sys.version_info.major}.{sys.version_info.minor}"
-    assert here in PROJECT["classifiers"]
-    low = tuple(int(x) for x in PROJECT["requires-python"].removeprefix(">=").split("."))
-    assert sys.version_info[:2] >= low
+    assert f"## [{project['version']}]" in changelog
+
+
+def test_classifiers_match_requires_python(project):
+    """requires-python ">=3.m": the classifiers list 3.m and the minors after it without a gap
+    (not the interpreter that happens to run the tests), and that interpreter is allowed."""
+    match = re.fullmatch(r">=\s*3\.(\d+)", project["requires-python"].strip())
+    assert match, f"requires-python {project['requires-python']!r} is not of the form >=3.m"
+    low = int(match.group(1))
+    minors = sorted(int(m) for c in project["classifiers"]
+                    for m in re.findall(r"^Programming Language :: Python :: 3\.(\d+)$", c))
+    assert minors and minors[0] == low, f"classifiers {minors} do not start at 3.{low}"
+    assert minors == list(range(low, minors[-1] + 1)), f"classifiers 3.x: x in {minors}, a gap"
+    assert sys.version_info[:2] >= (3, low)

@@ -100,6 +100,19 @@ def test_plugin_errors_are_one_line():
         load_source(REF + "bad_source", size=8)
 
 
+def test_a_plugin_that_raises_is_one_line():
+    calls = [("policies", lambda: build_policy(REF + "raising", config=CFG)),
+             ("networks", lambda: build_digital(REF + "raising", 2)),
+             ("sources", lambda: load_source(REF + "raising", size=8))]  # fmt: skip
+    for kind, call in calls:
+        with pytest.raises(SimgapError) as err:
+            call()
+        assert str(err.value) == (f"{kind}: {REF + 'raising'!r} failed "
+                                  "(ValueError: toy plug-in refuses)")  # fmt: skip
+    with pytest.raises(SimgapError, match=r"policies\[1\] .*raising' failed .*plug-in refuses\)$"):
+        validate_components(parse_config({**TINY, "policies": ["none", REF + "raising"]}))
+
+
 def test_a_module_in_the_working_directory_is_found(tmp_path, monkeypatch):
     (tmp_path / "simgap_user_nets.py").write_text(
         "from tests.plugins.toy import network\n\ndef wide(in_channels):\n"
@@ -108,7 +121,8 @@ def test_a_module_in_the_working_directory_is_found(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     assert isinstance(build_digital("simgap_user_nets:wide", 2), DigitalNet)
-    assert str(tmp_path) in sys.path
+    assert str(tmp_path) not in sys.path  # only for the import
+    assert isinstance(build_digital("simgap_user_nets:wide", 2), DigitalNet)  # imported once
     with pytest.raises(SimgapError, match="is not one of"):
         build_digital("simgap_no_such_module:net", 2)
 

@@ -41,7 +41,7 @@ from harness.data.fashion import (
 )
 from harness.data.splits import split_indices
 from harness.errors import SimgapError
-from harness.plugins import find_plugin, known_names
+from harness.plugins import call_plugin, find_plugin, known_names
 
 SOURCES = ("fashion-mnist", "digits", "folder:PATH")
 DEFAULT_SIZE = 32
@@ -256,7 +256,8 @@ def _load_plugin(name: str, size: int, data_root: Path | None, download: bool) -
             f"source: unknown image source {name!r} (choose from "
             f"{known_names('sources', SOURCES)})"
         )
-    data = factory(size=size, data_root=data_root, download=download)
+    data = call_plugin("sources", name, factory, size=size, data_root=data_root,
+                       download=download)
     if not isinstance(data, ImageSet) or data.size != size:
         raise SimgapError(f"source: {name!r} did not return an ImageSet of {size}x{size} images")
     return data

@@ -46,6 +46,7 @@ import math
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
+from tqdm.auto import tqdm
 
 from harness.errors import SimgapError
 from harness.optics.fourf import FourF
@@ -60,7 +61,7 @@ from harness.optics.sensor import Camera, PerFramePoissonNoise
 
 MASK_INITS = ("random", "zeros", "edge")
 BENCH_VERSION = 2  # bump when a seed would draw another bench (2: exact rotation, LUT level mod
-# L, three more effects drawn after the others, so the fields of version 1 keep their values)
+# L, four more effects drawn after the others, so the fields of version 1 keep their values)
 DISPLAY_BITS = 8  # the input display (and the exported input PNGs) are 8-bit
 _M64 = (1 << 64) - 1
 #: The bench's parameter fields that no augmentation policy draws (the policies draw
@@ -333,6 +334,22 @@ class EmulatedBench(ParameterGenerator):
     ) -> torch.Tensor:
         """Frames (B, k, H, W) in [0, 1] of ``images`` (B, 1, n, n) shown at ``capture_index``."""
         return self._capture(self.optics(encoder).to(images.device), images, capture_index)
+
+    @torch.no_grad()
+    def capture_batched(self, optics: FourF, images: torch.Tensor, capture_index, rows=None,
+                        batch_size: int = 256, progress: bool = False) -> torch.Tensor:  # fmt: skip
+        """Frames (M, k, H, W) on the CPU of the images ``images[rows]`` (all rows when None)
+        shown through ``optics`` at ``capture_index`` (M,), ``batch_size`` inputs at a time."""
+        index = torch.as_tensor(capture_index, dtype=torch.long).reshape(-1)
+        rows = torch.arange(len(index)) if rows is None else torch.as_tensor(rows).reshape(-1)
+        frames = torch.empty(len(index), optics.channels, self.frame_size, self.frame_size)
+        device = optics.phase.device
+        with tqdm(total=len(index), desc="capturing", unit="input", disable=not progress) as bar:
+            for chunk in torch.arange(len(index)).split(max(1, int(batch_size))):
+                shown = images[rows[chunk]].to(device)
+                frames[chunk] = self._capture(optics, shown, index[chunk]).cpu()
+                bar.update(len(chunk))
+        return frames
 
     def _capture(self, optics: FourF, images: torch.Tensor, capture_index) -> torch.Tensor:
         index = torch.as_tensor(capture_index, dtype=torch.long).reshape(-1)

@@ -10,12 +10,16 @@ to show them; ``ids``: (M,) int64 input ids.  It returns (M, k, H, W) camera fra
 (a tensor or an array; H = W = n / binning).  Optional members: ``dark()`` -> (D, H, W) frames
 with no light, ``flat()`` -> (F, H, W) frames of a uniform white input through a zero-phase
 mask, ``describe()`` -> a JSON-able dict for bench.json, ``bit_depth`` (int, default 16: how
-frames are stored).
+frames are stored).  ``capture`` may take a keyword ``capture_index`` ((M,) int64: the plan's
+capture indices, which the frames' capture ids are made of; the drift clock of an emulated
+bench), ``dark`` / ``flat`` a keyword ``count`` (the frames the request asks for); :func:`record`
+passes them when the signature names them, keeps the first ``count`` calibration frames and
+refuses fewer.
 
 Kinds (a study config's ``bench.kind``):
 
 - ``emulated``: :class:`Emulated`, the seeded :class:`~harness.lab.bench.EmulatedBench` shown
-  the inputs at capture indices 0, 1, ... (so its frames are those of ``capture_dataset``);
+  the inputs at the plan's capture indices (so its frames are those of ``capture_dataset``);
 - ``driver``: a user's class, named ``module:attr`` or as an entry point of the group
   ``simgap.benches``, built as ``cls(optics=OpticsConfig, bench=<bench id>, **options)``;
 - ``exchange``: no object; request and answer folders (:mod:`harness.lab.exchange`).
@@ -26,9 +30,8 @@ calibration frames, bench.json, mask.npz).
 
 from __future__ import annotations
 
-import importlib
+import inspect
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -40,9 +43,10 @@ from harness.errors import SimgapError, one_line
 from harness.lab.bench import EmulatedBench
 from harness.lab.captures import write_capture_set
 from harness.optics import OpticsConfig
+from harness.plugins import GROUPS, find_plugin, plugin_names
 
 KINDS = ("emulated", "driver", "exchange")
-ENTRY_POINT_GROUP = "simgap.benches"
+ENTRY_POINT_GROUP = GROUPS["benches"]
 CALIBRATION_COUNTS = {"dark": 8, "flat": 8}  # frames a request asks for by default
 _CHUNK = 256  # inputs per emulated optics batch (the batches of capture_dataset)
 
@@ -80,8 +84,8 @@ class CaptureRequest:
 
 
 class Emulated:
-    """The emulated bench behind the interface: inputs shown at capture indices 0, 1, ...
-    in the order given, calibration frames after them."""
+    """The emulated bench behind the interface: inputs shown at the plan's capture indices (0,
+    1, ... in the order given when none), calibration frames after the last of them."""
 
     def __init__(self, optics: OpticsConfig, seed: int, preset: str = "typical",
                  calibration: dict[str, int] | None = None):  # fmt: skip
@@ -96,29 +100,30 @@ class Emulated:
         return index
 
     @torch.no_grad()
-    def capture(self, masks, images, ids) -> torch.Tensor:
+    def capture(self, masks, images, ids, capture_index=None) -> torch.Tensor:
+        if capture_index is None:
+            index = self._indices(len(images))
+        else:
+            index = torch.as_tensor(capture_index, dtype=torch.long).reshape(-1)
+            self.clock = max([self.clock, *(index + 1).tolist()])
         optics = self.bench.optics(torch.as_tensor(masks))
-        index = self._indices(len(images))
-        H = self.bench.frame_size
-        frames = torch.empty(len(images), optics.channels, H, H)
-        for chunk in torch.arange(len(images)).split(_CHUNK):
-            frames[chunk] = self.bench._capture(optics, images[chunk], index[chunk]).cpu()
-        return frames
+        return self.bench.capture_batched(optics, torch.as_tensor(images), index,
+                                          batch_size=_CHUNK)  # fmt: skip
 
     @torch.no_grad()
-    def dark(self) -> torch.Tensor:
-        index = self._indices(self.counts.get("dark", 0))
+    def dark(self, count: int | None = None) -> torch.Tensor:
+        index = self._indices(self.counts.get("dark", 0) if count is None else count)
         n = self.bench.config.n
         dark = torch.zeros(len(index), 1, n, n)
         return self.bench.sense(dark, self.bench.step(index), index)[:, 0]
 
     @torch.no_grad()
-    def flat(self) -> torch.Tensor:
+    def flat(self, count: int | None = None) -> torch.Tensor:
         cfg = self.bench.config
         optics = self.bench.optics(torch.zeros(1, cfg.N, cfg.N))
-        index = self._indices(self.counts.get("flat", 0))
+        index = self._indices(self.counts.get("flat", 0) if count is None else count)
         white = torch.ones(len(index), 1, cfg.n, cfg.n)
-        return self.bench._capture(optics, white, index)[:, 0]
+        return self.bench.capture_batched(optics, white, index, batch_size=len(index) or 1)[:, 0]
 
     def describe(self) -> dict:
         b = self.bench
@@ -126,31 +131,14 @@ class Emulated:
 
 
 def load_driver(spec: str, where: str = "bench.driver"):
-    """The class (or factory) a driver spec names: ``module:attr`` or an entry point name."""
-    if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        try:
-            obj = importlib.import_module(module_name)
-        except Exception as exc:  # noqa: BLE001 - a user's module may raise anything
-            raise SimgapError(f"{where}: cannot import {module_name} ({one_line(exc)})") from None
-        for part in attr.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                raise SimgapError(f"{where}: {module_name} has no attribute {attr!r}")
-        return obj
-    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec]
-    if not found:
-        names = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
-        raise SimgapError(
-            f"{where}: {spec!r} is neither module:attr nor an entry point of group "
-            f"{ENTRY_POINT_GROUP} (installed: {', '.join(names) or 'none'})"
-        )
-    try:
-        return found[0].load()
-    except Exception as exc:  # noqa: BLE001
-        raise SimgapError(
-            f"{where}: entry point {spec!r} does not load ({one_line(exc)})"
-        ) from None
+    """The class (or factory) a driver spec names: an entry point of the group
+    ``simgap.benches`` or ``module:attr`` (:func:`harness.plugins.find_plugin`)."""
+    found = find_plugin("benches", spec)
+    if found is None:
+        raise SimgapError(f"{where}: {spec!r} is neither an importable module:attr nor an entry "
+                          f"point of group {ENTRY_POINT_GROUP} (installed: "
+                          f"{', '.join(plugin_names('benches')) or 'none'})")  # fmt: skip
+    return found
 
 
 def make_driver(spec: str, optics: OpticsConfig, bench: int, options: dict | None = None):
@@ -180,21 +168,44 @@ def _frames(bench, value, shape: tuple, what: str) -> np.ndarray:
     return arr
 
 
+def _takes(method, name: str) -> bool:
+    """``method`` has a parameter ``name`` (an optional argument of the bench interface)."""
+    try:
+        return name in inspect.signature(method).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return False
+
+
+def _calibration(bench, request: CaptureRequest, H: int) -> dict[str, np.ndarray]:
+    """The calibration frames the request asks for, from the bench's ``dark`` / ``flat``: the
+    first ``count`` frames (``count`` passed when the method takes it); fewer is an error."""
+    out = {}
+    for name, count in request.calibration.items():
+        method = getattr(bench, name, None)
+        if not count or not callable(method):
+            continue
+        value = method(count=count) if _takes(method, "count") else method()
+        frames = _frames(bench, value, (None, H, H), f"{name}()")
+        if len(frames) < count:
+            raise SimgapError(f"bench {type(bench).__qualname__}: {name}() returned "
+                              f"{len(frames)} frame(s); the request asks for {count}")  # fmt: skip
+        out[name] = frames[:count]
+    return out
+
+
 def record(bench, request: CaptureRequest, out_dir: str | Path, fmt: str = "png") -> Path:
     """Capture ``request`` on ``bench`` (one ``capture`` call, then ``dark`` / ``flat`` when
     it has them and the request asks) and write the capture set to ``out_dir``."""
     k, H, M = request.channels, request.frame_size, len(request.plan)
     masks, images = request.masks.detach().float().cpu(), request.images.float().cpu()
-    frames = _frames(bench, bench.capture(masks.clone(), images.clone(), request.ids),
-                     (M, k, H, H), "capture")
-    calibration = {}
-    for name, count in request.calibration.items():
-        if count and callable(getattr(bench, name, None)):
-            calibration[name] = _frames(bench, getattr(bench, name)(), (None, H, H), f"{name}()")
+    index = request.plan["capture_index"].to_numpy(dtype=np.int64)
+    at = {"capture_index": torch.tensor(index)} if _takes(bench.capture, "capture_index") else {}
+    frames = _frames(bench, bench.capture(masks.clone(), images.clone(), request.ids, **at),
+                     (M, k, H, H), "capture")  # fmt: skip
+    calibration = _calibration(bench, request, H)
     describe = getattr(bench, "describe", None)
     info = describe() if callable(describe) else {
         "kind": "driver", "driver": f"{type(bench).__module__}:{type(bench).__qualname__}"}
-    index = request.plan["capture_index"].to_numpy()
     return write_capture_set(
         out_dir, frames, request.plan["input_id"].to_numpy(), request.plan["split"].tolist(),
         request.plan["label"].to_numpy(), request.classes, {**info, **request.info}, masks,

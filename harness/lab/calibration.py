@@ -15,11 +15,12 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from harness.errors import SimgapError
 from harness.lab.captures import BENCH_JSON, CALIBRATION
-from harness.lab.frames import decode_frame
+from harness.lab.frames import load_frames
 
 
 def calibration_files(root: Path, bench_info: dict) -> dict[str, list[Path]]:
@@ -53,33 +54,16 @@ def calibration_files(root: Path, bench_info: dict) -> dict[str, list[Path]]:
 
 
 def read_calibration(root: str | Path, bench_info: dict) -> dict[str, torch.Tensor]:
-    """{name: (D, H, W) float32 in [0, 1]} of the calibration frames bench.json lists."""
+    """{name: (D, H, W) float32 in [0, 1]} of the calibration frames bench.json lists, each
+    name's frames checked and scaled like data frames (:func:`harness.lab.frames.load_frames`)."""
     root = Path(root)
     capture = bench_info.get("capture") or {}
-    size = capture.get("frame_size")
-    bits = capture.get("bit_depth")
     out = {}
     for name, files in calibration_files(root, bench_info).items():
-        frames = [_scaled(decode_frame(f), f, bits) for f in files]
-        for f, x in zip(files, frames):
-            if size is not None and list(x.shape) != list(size):
-                raise SimgapError(
-                    f"{f}: calibration frame size {x.shape[0]}x{x.shape[1]} differs from "
-                    f"{size[0]}x{size[1]} ({BENCH_JSON} capture.frame_size)"
-                )
-        if frames:
-            out[name] = torch.from_numpy(np.stack(frames))
+        if not files:
+            continue
+        slots = np.arange(len(files))
+        rows = pd.DataFrame({"file": [str(f) for f in files], "input_id": slots, "channel": 0})
+        frames, *_ = load_frames(root, rows, pd.DataFrame({"input_id": slots}), 1, capture)
+        out[name] = torch.from_numpy(frames[:, 0])
     return out
-
-
-def _scaled(arr: np.ndarray, path: Path, bits) -> np.ndarray:
-    """One decoded frame as float32 in [0, 1] (the rules of the data frames)."""
-    if arr.dtype.kind == "f":
-        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
-            raise SimgapError(f"{path}: float frame has NaN, inf or values outside [0, 1]")
-        return arr.astype(np.float32)
-    depth = bits if isinstance(bits, int) and bits <= 16 else 8 * arr.dtype.itemsize
-    full = 2**depth - 1
-    if arr.max() > full:
-        raise SimgapError(f"{path}: value {int(arr.max())} exceeds full scale {full}")
-    return (arr / np.float64(full)).astype(np.float32)

@@ -30,12 +30,15 @@ import pandas as pd
 import tifffile
 import torch
 from PIL import Image
+from pydantic import ValidationError
 
 from harness.errors import SimgapError, one_line
 from harness.files import staged_dir, write_json, write_text
 from harness.lab.bench import DISPLAY_BITS
 from harness.lab.benches import CaptureRequest, record
-from harness.lab.captures import MANIFEST, MASK_NPZ
+from harness.lab.calibration import calibration_files
+from harness.lab.captures import CALIBRATION, MANIFEST, MASK_NPZ, SPLITS
+from harness.lab.plans import write_inputs
 from harness.lab.validate import check_capture_set
 from harness.optics import OpticsConfig
 from harness.optics.masks import export_mask, load_mask
@@ -44,6 +47,11 @@ REQUESTS, ANSWERS = "requests", "answers"
 REQUEST_JSON, REJECTED_JSON = "request.json", "rejected.json"
 MIN_BITS = 10  # frames of fewer bits (8-bit PNGs) are refused
 REQUEST_VERSION = 1
+#: what a request.json must hold, and the JSON type of each field
+_REQUEST_FIELDS = {"id": str, "frame_size": list, "classes": list, "calibration": dict,
+                   "optics": dict, "answer": str}  # fmt: skip
+_JSON_TYPES = {str: "string", list: "list", dict: "object"}
+_PLAN_COLUMNS = ("capture_index", "input_id", "split", "label")
 
 
 class CapturesPending(Exception):
@@ -79,7 +87,7 @@ def write_request(folder: str | Path, rid: str, request: CaptureRequest) -> Path
     k, H, M = request.channels, request.frame_size, len(request.plan)
     with staged_dir(out) as tmp:
         export_mask(request.masks, request.optics, tmp)
-        _write_inputs(tmp, request)
+        write_inputs(tmp, request.images, request.plan)
         (tmp / "README.txt").write_text(_readme(rid, request, answer))
         write_json(tmp / REQUEST_JSON, {
             "id": rid, "version": REQUEST_VERSION, "channels": k, "frame_size": [H, H],
@@ -88,18 +96,6 @@ def write_request(folder: str | Path, rid: str, request: CaptureRequest) -> Path
             "answer": str(answer), "info": request.info,
         }, default=str)  # fmt: skip
     return out
-
-
-def _write_inputs(folder: Path, request: CaptureRequest) -> None:
-    """inputs.csv (capture order) and the 8-bit input images the display shows."""
-    (folder / "inputs").mkdir()
-    levels = 2**DISPLAY_BITS - 1
-    pixels = torch.round(request.images.clamp(0, 1) * levels).to(torch.uint8)[:, 0].numpy()
-    names = [f"inputs/{int(i):06d}.png" for i in request.plan["input_id"]]
-    for rel, arr in zip(names, pixels):
-        Image.fromarray(arr, mode="L").save(folder / rel)
-    plan = request.plan[["capture_index", "input_id", "split", "label"]]
-    plan.assign(image=names).to_csv(folder / "inputs.csv", index=False)
 
 
 def _readme(rid: str, request: CaptureRequest, answer: Path) -> str:
@@ -133,23 +129,78 @@ def read_request(folder: str | Path) -> tuple[dict, CaptureRequest]:
     """(request.json, the CaptureRequest) of a request folder: what a lab script reads."""
     folder = Path(folder)
     meta = _request_json(folder)
+    try:
+        optics = OpticsConfig(**meta["optics"])
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        where = folder / REQUEST_JSON
+        raise SimgapError(f"{where}: field 'optics.{field}': {err['msg']}") from None
     masks, _ = load_mask(folder)
-    plan = pd.read_csv(folder / "inputs.csv")
-    images = np.stack([np.asarray(Image.open(folder / rel)) for rel in plan["image"]])
+    plan, images = _read_inputs(folder, optics.n)
     images = torch.from_numpy(images.astype(np.float32) / (2**DISPLAY_BITS - 1))[:, None]
     request = CaptureRequest(
-        masks, OpticsConfig(**meta["optics"]), images, plan.drop(columns="image"),
+        masks, optics, images, plan.drop(columns="image"),
         meta["classes"], dict(meta["calibration"]), {"request": meta["id"]},
     )  # fmt: skip
     return meta, request
 
 
+def _read_inputs(folder: Path, n: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """(inputs.csv, its (M, n, n) uint8 images) of a request folder, checked."""
+    path = folder / "inputs.csv"
+    if not path.is_file():
+        raise SimgapError(f"{path}: not found (the inputs of the request)")
+    try:
+        plan = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise SimgapError(f"{path}: not a readable CSV ({type(exc).__name__})") from None
+    missing = [c for c in (*_PLAN_COLUMNS, "image") if c not in plan.columns]
+    if missing:
+        raise SimgapError(f"{path}: no column {', '.join(missing)}")
+    for col in ("capture_index", "input_id", "label"):
+        if not pd.api.types.is_integer_dtype(plan[col]):
+            raise SimgapError(f"{path}: column {col}: every value must be an integer")
+    bad = ~plan["split"].isin(SPLITS)
+    if bad.any():
+        raise SimgapError(f"{path}: split '{plan['split'][bad].iloc[0]}' is not pool/val/test")
+    images = np.empty((len(plan), n, n), np.uint8)
+    for m, rel in enumerate(plan["image"]):
+        f = folder / str(rel)
+        try:
+            with Image.open(f) as im:
+                if im.mode != "L" or im.size != (n, n):
+                    raise SimgapError(f"{f}: {im.mode} image of {im.size[0]}x{im.size[1]}; "
+                                      f"expected an 8-bit gray (L) {n}x{n} image")  # fmt: skip
+                images[m] = np.asarray(im)
+        except SimgapError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Pillow raises assorted errors on garbage
+            raise SimgapError(f"{f}: not a readable image ({one_line(exc, f)})") from None
+    return plan, images
+
+
 def _request_json(folder: Path) -> dict:
     path = folder / REQUEST_JSON
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SimgapError(f"{path}: not a readable request ({one_line(exc)})") from None
+    if not isinstance(meta, dict):
+        raise SimgapError(f"{path}: not a request (a JSON object is expected)")
+    for key, kind in _REQUEST_FIELDS.items():
+        if key not in meta:
+            raise SimgapError(f"{path}: no field '{key}' (written by simgap; write it again?)")
+        if not isinstance(meta[key], kind):
+            raise SimgapError(f"{path}: field '{key}' must be a JSON {_JSON_TYPES[kind]}")
+    counts = meta["calibration"]
+    if not set(counts) <= set(CALIBRATION) or not all(
+            type(c) is int and c >= 0 for c in counts.values()):  # fmt: skip
+        raise SimgapError(f"{path}: field 'calibration' must map dark / flat to frame counts")
+    size = meta["frame_size"]
+    if len(size) != 2 or not all(type(x) is int and x > 0 for x in size):
+        raise SimgapError(f"{path}: field 'frame_size' must be [height, width] in pixels")
+    return meta
 
 
 def answer_request(folder: str | Path, bench, out: str | Path | None = None) -> Path:
@@ -216,7 +267,8 @@ def check_answer(request: Path, answer: Path) -> dict:
     """Every capture-set rule, then the request's; a one-line SimgapError naming the file."""
     meta = _request_json(request)
     summary, (_, inputs, found) = check_capture_set(answer)
-    _check_bits(found["manifest"]["file"].tolist())
+    listed = calibration_files(answer, found["bench"])
+    _check_bits([*found["manifest"]["file"], *(f for files in listed.values() for f in files)])
     H, W = meta["frame_size"]
     if summary["frame_size"] != [H, W]:
         first = found["manifest"]["file"].iloc[0]
@@ -233,9 +285,10 @@ def check_answer(request: Path, answer: Path) -> dict:
                           f"from the request's {meta['classes']}")  # fmt: skip
     _check_inputs(request, answer, inputs)
     for name, count in meta["calibration"].items():
-        if count and name not in found["calibration"]:
-            raise SimgapError(f"{answer / 'bench.json'}: no capture.calibration.{name} frames; "
-                              f"the request asks for {count}")  # fmt: skip
+        got = summary["calibration"].get(name, 0)
+        if got < count:
+            raise SimgapError(f"{answer / 'bench.json'}: capture.calibration.{name} has {got} "
+                              f"frame(s); the request asks for {count}")  # fmt: skip
     return summary
 
 

@@ -14,7 +14,6 @@ import pandas as pd
 import torch
 from PIL import Image
 from pydantic import ValidationError
-from tqdm.auto import tqdm
 
 from harness.errors import SimgapError
 from harness.lab.bench import DISPLAY_BITS, MASK_INITS, EmulatedBench, _splitmix64
@@ -78,9 +77,10 @@ def capture_dataset(
         )
     plan = capture_plan(image_set, splits, order_seed) if plan is None else plan
     optics = bench.optics(encoder_or_mask)
-    frames = _capture_frames(bench, optics, image_set, plan, batch_size, progress)
-    k = optics.channels
     index = torch.tensor(plan["capture_index"].to_numpy())
+    frames = bench.capture_batched(optics, image_set.images, index,
+                                   torch.tensor(plan["input_id"].to_numpy()), batch_size, progress)
+    k = optics.channels
     capture_ids = index[:, None] * k + torch.arange(k)[None, :]
     return write_capture_set(
         out_dir,
@@ -97,27 +97,6 @@ def capture_dataset(
         overwrite=overwrite,
         capture_ids=capture_ids.numpy(),
     )
-
-
-def _capture_frames(
-    bench: EmulatedBench, optics: FourF, image_set, plan: pd.DataFrame, batch_size: int,
-    progress: bool,
-) -> torch.Tensor:  # fmt: skip
-    """Frames (len(plan), k, H, H) of the plan's inputs at their capture indices."""
-    k, H = optics.channels, bench.frame_size
-    frames = torch.empty(len(plan), k, H, H)
-    ids = torch.tensor(plan["input_id"].to_numpy())
-    index = torch.tensor(plan["capture_index"].to_numpy())
-    device = optics.phase.device
-    with (
-        torch.no_grad(),
-        tqdm(total=len(plan), desc="capturing", unit="input", disable=not progress) as bar,
-    ):
-        for chunk in torch.arange(len(plan)).split(max(1, int(batch_size))):
-            images = image_set.images[ids[chunk]].to(device)
-            frames[chunk] = bench._capture(optics, images, index[chunk]).cpu()
-            bar.update(len(chunk))
-    return frames
 
 
 def _bench_info(bench: EmulatedBench, image_set, plan: pd.DataFrame, order_seed: int,
@@ -176,15 +155,20 @@ def resolve_mask(spec: str, channels: int | None = None, size: int | None = None
 def export_inputs(image_set, plan: pd.DataFrame, out_dir: Path) -> None:
     """Write ``inputs.csv`` (capture_index, input_id, split, label, image) and the 8-bit PNGs
     into ``out_dir`` (a folder being built: ``simgap export-mask`` swaps it in whole)."""
-    folder = out_dir / "inputs"
-    folder.mkdir(parents=True, exist_ok=True)
+    write_inputs(out_dir, image_set.images[torch.tensor(plan["input_id"].to_numpy())], plan)
+
+
+def write_inputs(out_dir: Path, images: torch.Tensor, plan: pd.DataFrame) -> None:
+    """``inputs.csv`` of ``plan`` (capture order) and ``inputs/<input_id>.png``: ``images``
+    (M, 1, n, n) in [0, 1], plan order, as the 8-bit levels the display shows."""
+    (out_dir / "inputs").mkdir(parents=True, exist_ok=True)
     levels = 2**DISPLAY_BITS - 1
-    pixels = torch.round(image_set.images[torch.tensor(plan["input_id"].to_numpy())] * levels)
-    pixels = pixels.clamp(0, levels).to(torch.uint8)[:, 0].numpy()
-    images = [f"inputs/{int(i):06d}.png" for i in plan["input_id"]]
-    for rel, arr in zip(images, pixels):
+    pixels = torch.round(images.clamp(0, 1) * levels).to(torch.uint8)[:, 0].numpy()
+    names = [f"inputs/{int(i):06d}.png" for i in plan["input_id"]]
+    for rel, arr in zip(names, pixels):
         Image.fromarray(arr, mode="L").save(out_dir / rel)
-    plan.assign(image=images).to_csv(out_dir / "inputs.csv", index=False)
+    columns = ["capture_index", "input_id", "split", "label"]
+    plan[columns].assign(image=names).to_csv(out_dir / "inputs.csv", index=False)
 
 
 def exported_plan(path: str | Path, image_set) -> pd.DataFrame:

@@ -142,12 +142,12 @@ class FourF(torch.nn.Module):
             field = (1 - eta) * field + eta * self.aperture
         return field
 
-    def _rotated_grid(self, imp: Imperfections | None, sign: float = 1.0):
-        """Per-sample centred coordinates R(sign θ)(x, y), (B, 1, N, N) each; None without
+    def _rotated_grid(self, imp: Imperfections | None):
+        """Per-sample centred coordinates R(θ)(x, y), (B, 1, N, N) each; None without
         rotation.  R(θ)(x, y) = (x cos θ − y sin θ, x sin θ + y cos θ)."""
         if imp is None or imp.mask_rotation is None:
             return None
-        rot = per_sample(imp.mask_rotation.to(self.jx)) * sign
+        rot = per_sample(imp.mask_rotation.to(self.jx))
         c, s = torch.cos(rot), torch.sin(rot)
         return c * self.jx - s * self.jy, s * self.jx + c * self.jy
 
@@ -303,12 +303,12 @@ class FourF(torch.nn.Module):
             if fill is not None:  # pixels that integrate over their area (harness.optics.pixels)
                 return box_averaged_intensity(spectrum * mask, fill, self._start, n)
             return CroppedIntensity.apply(spectrum, mask, self._start, n)
-        gridding = Gridding(self._window_points(imp), self.config.N)
+        points = self._window_points(imp)
+        gridding = Gridding(points, self.config.N)
         coefficients = self.input_spectrum(images, imp, gridding) * self.slm_field(imp)
         coefficients = coefficients * self.checker  # the centred input coordinates of Û
         if fill is not None:  # the box mean of |w|², exactly (harness.optics.pixels)
-            power = rotated_box_average(coefficients, fill, imp.mask_rotation.detach(),
-                                        self._window_points(imp))
+            power = rotated_box_average(coefficients, fill, imp.mask_rotation.detach(), points)
         else:
             power = (gridding.interpolate(coefficients) * (1.0 / self.config.N**2)).abs().square()
         return power.reshape(*power.shape[:2], n, n)

@@ -91,11 +91,18 @@ class Imperfections:
 
     The last fields (after ``vignetting``): ``slm_axial_offset`` d (B,) metres, the SLM moved
     along the axis off the Fourier plane (a quadratic phase exp(−iπ d x² / (λ f²)) across the
-    input, x in metres); ``lut_scale_tilt`` (B, 2), a LUT scale that varies linearly across the
+    input, x in metres; harness.optics.fourf ``_input_phase``).  d > 0 puts the SLM beyond the
+    Fourier plane, away from the first lens: the phase is the paraxial transfer
+    exp(−iπ λ d ν²) of propagation by +d at the frequency ν = x / (λ f) that input point x maps
+    to (exp(i(kz − ωt)) convention, as for the camera defocus Δz > 0: the camera farther from
+    the second lens); ``lut_scale_tilt`` (B, 2), a LUT scale that varies linearly across the
     panel, scale · (1 + a_x j_x / (N/2) + a_y j_y / (N/2)); ``display_crosstalk`` c (B,), the
     fraction of each input display pixel's light that leaks into each of its 4 neighbours;
-    ``camera_fill`` a (B,) in (0, 1], the linear fill factor of a camera pixel: it records the
-    mean intensity over a square a x a grid pixels wide (harness.optics.pixels).
+    ``camera_fill`` a (B,) in (0, 1], the linear fill factor of a grid pixel: each grid pixel of
+    the camera window records the mean intensity over a square a x a grid pixels wide
+    (harness.optics.pixels); with ``CameraConfig.binning`` b > 1 a camera pixel is then the
+    mean of b x b such boxes, so its fill factor is not a.  Only the emulated bench sets it
+    (harness.lab.bench); no policy, OpticsConfig or study key does.
     """
 
     defocus_dz: torch.Tensor | None = None

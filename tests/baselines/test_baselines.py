@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from baselines import METHODS, SiameseOptions, get_method
+from baselines import METHODS, SiameseOptions, demo, get_method
 from harness.data import ImageSet, load_source, split_indices
 from harness.datasets import FrameData, ImageData, RealSplits, RealTestSealed
 from harness.errors import SimgapError
@@ -200,6 +200,28 @@ def test_demo_command(tmp_path, capsys):
     for policy in ("none", "physics"):
         assert len(read_capture_set(tmp_path / "run" / policy)) == 200  # pool + val + test
     assert json.loads((tmp_path / "run" / "results.json").read_text())["rows"] == rows
+    assert (tmp_path / "run" / demo.MARKER).is_file()  # a later demo may replace this folder
     for bad in ("0.05,abc", "5,20"):  # fractions are proportions, as in a study config
         with pytest.raises(SystemExit):
             main(["demo", "--fractions", bad])
+
+
+def test_demo_refuses_an_out_folder_it_did_not_write(tmp_path, capsys):
+    """--out . must not replace unrelated none/ and physics/ folders: a non-empty --out without
+    the demo's marker is one line and exit 2, before any training; nothing there changes."""
+    from harness.cli import main
+
+    (tmp_path / "physics").mkdir()
+    (tmp_path / "physics" / "notes.txt").write_text("mine")
+    args = ["demo", "--source", "digits", "--size", "16", "--quiet", "--out", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"simgap: error: --out: {tmp_path} ") and "\n" not in err
+    assert demo.MARKER in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["physics"]
+    assert (tmp_path / "physics" / "notes.txt").read_text() == "mine"
+    demo.check_out(tmp_path / "new")  # a new folder, an empty one, or a previous demo output
+    (tmp_path / "empty").mkdir()
+    demo.check_out(tmp_path / "empty")
+    (tmp_path / "physics" / demo.MARKER).write_text("")
+    demo.check_out(tmp_path / "physics")

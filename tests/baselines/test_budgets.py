@@ -140,6 +140,18 @@ def test_hparams_defaults_overrides_and_errors():
         assert field in str(err.value)
 
 
+def test_hparams_that_must_be_positive_refuse_zero():
+    """lr 0 would train nothing and margin 0 turns CCSA off: one line naming the field."""
+    for method, name in (("finetune-head", "lr"), ("siamese", "margin"), ("siamese", "lr")):
+        message = rf"^x.yaml: .*hparams.{method}.{name}: 0(\.0)? is not a number > 0$"
+        with pytest.raises(SimgapError, match=message):
+            validate_components(_config(hparams={method: {name: 0}}), "x.yaml")
+    hp = resolve("siamese", {"weight_decay": 0, "align_weight": 0, "adversarial_weight": 0})
+    assert hp["weight_decay"] == hp["align_weight"] == hp["adversarial_weight"] == 0.0
+    with pytest.raises(SimgapError, match="hparams.siamese.align_weight: -1 "):
+        resolve("siamese", {"align_weight": -1})
+
+
 def test_adapt_steps_must_split_evenly():
     with pytest.raises(SimgapError, match="adapt: steps"):
         parse_config({"adapt": {"steps": 10, "evals": 3}})

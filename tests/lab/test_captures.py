@@ -559,3 +559,24 @@ def test_full_cli_error_exits_2(root, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert "manifest.csv" in err and "train" in err and "\n" not in err
+
+
+# ------------------------------------------------------------------------- calibration frames
+
+
+def test_calibration_frames_follow_the_frame_rules(tmp_path):
+    """A flat / dark frame is read like a data frame: its real bit depth must match bench.json."""
+    flat = np.full((2, H, W), 0.8, np.float32)
+    root = write(tmp_path / "caps", calibration={"flat": flat, "dark": flat[:1] * 0.05})
+    got = read_capture_set(root).calibration
+    assert np.allclose(got["flat"].numpy(), 0.8, atol=TOL16) and got["dark"].shape == (1, H, W)
+    victim = root / json.loads((root / "bench.json").read_text())["capture"]["calibration"][
+        "flat"][1]  # fmt: skip
+    Image.fromarray(np.full((H, W), 204, np.uint8)).save(victim)  # 0.8 as an 8-bit PNG
+    msg = expect_error(root, victim.name, "8-bit image but bench.json says bit_depth 16")
+    assert "\n" not in msg
+    tifffile.imwrite(victim.with_suffix(".tif"), np.full((H, W), 0.8, np.float32))
+    bench = json.loads((root / "bench.json").read_text())
+    bench["capture"]["calibration"]["flat"][1] = f"calibration/{victim.stem}.tif"
+    (root / "bench.json").write_text(json.dumps(bench))
+    expect_error(root, victim.with_suffix(".tif").name, "float32 frame mixed with uint16")

@@ -13,6 +13,7 @@ import tifffile
 import torch
 from PIL import Image
 
+from harness import plugins
 from harness.data import load_source
 from harness.errors import SimgapError
 from harness.lab import benches, exchange
@@ -88,11 +89,38 @@ def test_request_folder_holds_what_a_lab_needs(folder, request_, masks):
     assert "answers" in (req / "README.txt").read_text() and not exchange.answer_ready(folder, RID)
 
 
+def _edit_request(req, edit):
+    meta = json.loads((req / "request.json").read_text())
+    edit(meta)
+    (req / "request.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda req: _edit_request(req, lambda m: m.pop("optics")), "request.json: no field 'optics'"),
+    (lambda req: _edit_request(req, lambda m: m["optics"].update(n=-4)),
+     "request.json: field 'optics.n'"),
+    (lambda req: _edit_request(req, lambda m: m.update(calibration={"dark": "x"})),
+     "request.json: field 'calibration'"),
+    (lambda req: (req / "inputs.csv").unlink(), "inputs.csv: not found"),
+    (lambda req: (req / "inputs.csv").write_text("input_id\n1\n"), "inputs.csv: no column"),
+    (lambda req: (req / "inputs.csv").write_text((req / "inputs.csv").read_text().replace(
+        ",pool,", ",train,")), "inputs.csv: split 'train'"),
+    (lambda req: next((req / "inputs").iterdir()).unlink(), "png: not a readable image"),
+])  # fmt: skip
+def test_a_broken_request_folder_is_one_line_naming_the_file(folder, damage, needle):
+    req = exchange.request_dir(folder, RID)
+    damage(req)
+    with pytest.raises(SimgapError) as info:
+        exchange.read_request(req)
+    assert needle in str(info.value) and str(req) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
 def test_an_answer_is_checked_and_copied(folder, tmp_path):
     exchange.answer_request(exchange.request_dir(folder, RID), Emulated(CFG, 99, "mild"))
     assert exchange.answer_ready(folder, RID)
     summary = exchange.accept(folder, RID, tmp_path / "copy")
-    assert summary["n_inputs"] == 36 and summary["calibration"] == {"dark": 8, "flat": 8}
+    assert summary["n_inputs"] == 36 and summary["calibration"] == {"dark": 3, "flat": 2}
     assert read_capture_set(tmp_path / "copy").frames.shape == (36, 2, 8, 8)
 
 
@@ -120,6 +148,22 @@ def _eight_bit(answer):
     return pd.read_csv(answer / "manifest.csv")["path"].iloc[0]
 
 
+def _too_few_darks(answer):
+    info = json.loads((answer / "bench.json").read_text())
+    info["capture"]["calibration"]["dark"] = info["capture"]["calibration"]["dark"][:1]
+    (answer / "bench.json").write_text(json.dumps(info))
+    return "capture.calibration.dark has 1 frame(s)"
+
+
+def _eight_bit_calibration(answer):
+    for f in (answer / "calibration").iterdir():
+        Image.fromarray((np.asarray(Image.open(f)) // 256).astype(np.uint8)).save(f)
+    info = json.loads((answer / "bench.json").read_text())
+    del info["capture"]["bit_depth"]  # so the capture-set rules take 8-bit frames
+    (answer / "bench.json").write_text(json.dumps(info))
+    return "calibration/dark_000.png: 8-bit frame"
+
+
 def _nan_tiff(answer):
     df = pd.read_csv(answer / "manifest.csv")
     for rel in df["path"]:
@@ -130,6 +174,10 @@ def _nan_tiff(answer):
     df["path"] = df["path"].str.replace(".png", ".tif")
     df.to_csv(answer / "manifest.csv", index=False)
     info = json.loads((answer / "bench.json").read_text())
+    for rel in [p for paths in info["capture"]["calibration"].values() for p in paths]:
+        tifffile.imwrite(answer / rel.replace(".png", ".tif"), np.full((8, 8), 0.1, np.float32))
+    info["capture"]["calibration"] = {name: [p.replace(".png", ".tif") for p in paths]
+                                      for name, paths in info["capture"]["calibration"].items()}
     info["capture"].update(bit_depth=32, frame_format="tiff")
     (answer / "bench.json").write_text(json.dumps(info))
     return df["path"].iloc[5].split("/")[-1]
@@ -143,7 +191,8 @@ def _escaping_path(answer):
 
 
 @pytest.mark.parametrize("corrupt", [_wrong_size, _missing_frames, _eight_bit, _nan_tiff,
-                                     _escaping_path])  # fmt: skip
+                                     _escaping_path, _too_few_darks,
+                                     _eight_bit_calibration])  # fmt: skip
 def test_a_corrupt_answer_is_rejected_with_its_file_and_stays_waiting(folder, tmp_path, corrupt):
     answer = exchange.answer_request(exchange.request_dir(folder, RID), Emulated(CFG, 1))
     named = corrupt(answer)
@@ -160,13 +209,61 @@ def test_a_corrupt_answer_is_rejected_with_its_file_and_stays_waiting(folder, tm
     exchange.accept(folder, RID, tmp_path / "copy")
 
 
-def test_an_answer_with_another_mask_or_inputs_is_rejected(folder, tmp_path, request_):
-    other = CaptureRequest(request_.masks + 1.0, CFG, request_.images, request_.plan,
-                           request_.classes, request_.calibration)  # fmt: skip
+def _other_mask(request_, digits):
+    return request_.masks + 1.0, request_.images, request_.plan, "mask.npz: not the mask"
+
+
+def _extra_input(request_, digits):
+    plan = pd.concat([request_.plan, pd.DataFrame({
+        "capture_index": [36], "input_id": [50], "split": ["test"],
+        "label": [int(digits.labels[50])]})], ignore_index=True)  # fmt: skip
+    images = torch.cat([request_.images, digits.images[50:51]])
+    return request_.masks, images, plan, "manifest.csv: input_id 50 is not in the request"
+
+
+def _other_split(request_, digits):
+    plan = request_.plan.copy()
+    i = int(plan.loc[plan["split"] == "pool", "input_id"].iloc[0])
+    plan.loc[plan["input_id"] == i, "split"] = "val"
+    message = f"input_id {i} has split val; the request says pool"
+    return request_.masks, request_.images, plan, message
+
+
+def _other_label(request_, digits):
+    plan = request_.plan.copy()
+    i, label = int(plan["input_id"].iloc[4]), int(plan["label"].iloc[4])
+    plan.loc[4, "label"] = (label + 1) % 10
+    return (request_.masks, request_.images, plan,
+            f"input_id {i} has label {(label + 1) % 10}; the request says {label}")  # fmt: skip
+
+
+@pytest.mark.parametrize("change", [_other_mask, _extra_input, _other_split, _other_label])
+def test_an_answer_with_another_mask_or_inputs_is_rejected(folder, tmp_path, request_, digits,
+                                                           change):  # fmt: skip
+    masks, images, plan, message = change(request_, digits)
+    other = CaptureRequest(masks, CFG, images, plan, request_.classes, request_.calibration)
     answer = exchange.answer_dir(folder, RID)
     record(Emulated(CFG, 1), other, answer)
-    with pytest.raises(exchange.CapturesPending, match="mask.npz: not the mask"):
+    with pytest.raises(exchange.CapturesPending) as info:
         exchange.accept(folder, RID, tmp_path / "copy")
+    assert message in info.value.reason and not (tmp_path / "copy").exists()
+
+
+def test_emulated_bench_follows_the_capture_indices_of_an_edited_plan(tmp_path, digits, masks,
+                                                                     request_):  # fmt: skip
+    """The drift of an emulated bench is that of the plan's capture indices (not 0, 1, ...), and
+    it gives the calibration frames the request asks for."""
+    plan = request_.plan.assign(capture_index=request_.plan["capture_index"] * 3 + 100)
+    edited = CaptureRequest(masks, CFG, request_.images, plan, request_.classes,
+                            {"dark": 2, "flat": 0})  # fmt: skip
+    got = read_capture_set(record(Emulated(CFG, 4, "typical"), edited, tmp_path / "new"))
+    want = read_capture_set(capture_dataset(benches.EmulatedBench(CFG, 4, "typical"), masks,
+                                            digits, {}, tmp_path / "old", progress=False,
+                                            plan=plan))  # fmt: skip
+    assert torch.equal(got.frames, want.frames) and torch.equal(got.input_ids, want.input_ids)
+    rows = pd.read_csv(tmp_path / "new" / "manifest.csv")
+    assert rows["capture_id"].min() == 200 and rows["capture_id"].max() == (35 * 3 + 100) * 2 + 1
+    assert got.calibration.keys() == {"dark"} and got.calibration["dark"].shape == (2, 8, 8)
 
 
 class Recorder:
@@ -184,7 +281,7 @@ def test_driver_by_module_attr_and_by_entry_point(monkeypatch, request_, tmp_pat
     spec = f"{__name__}:Recorder"
     assert load_driver(spec) is Recorder
     ep = EntryPoint(name="fake-lab", value=spec, group=benches.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(benches, "entry_points", lambda group: [ep] if group == ep.group else [])
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [ep] if group == ep.group else [])
     driver = make_driver("fake-lab", CFG, 3, {"gain": 0.5})
     assert isinstance(driver, Recorder) and driver.bench == 3 and driver.gain == 0.5
     out = read_capture_set(record(driver, request_, tmp_path / "set"))
@@ -196,14 +293,15 @@ def test_driver_by_module_attr_and_by_entry_point(monkeypatch, request_, tmp_pat
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("no_such_module_xyz:Cam", "cannot import no_such_module_xyz"),
-    (f"{__name__}:Missing", "has no attribute 'Missing'"),
-    ("not-installed", "entry point of group simgap.benches"),
+    ("no_such_module_xyz:Cam", "bench.driver: 'no_such_module_xyz:Cam' is neither an importable"),
+    (f"{__name__}:Missing", f"benches: '{__name__}:Missing': {__name__} has no attribute"),
+    ("not-installed", "entry point of group simgap.benches (installed: none)"),
 ])  # fmt: skip
 def test_a_bad_driver_is_one_line_naming_the_field(spec, message):
-    with pytest.raises(SimgapError, match=message) as info:
+    """The errors of :func:`harness.plugins.find_plugin`, as for every other plug-in kind."""
+    with pytest.raises(SimgapError) as info:
         load_driver(spec)
-    assert str(info.value).startswith("bench.driver: ") and "\n" not in str(info.value)
+    assert message in str(info.value) and "\n" not in str(info.value)
 
 
 def test_a_driver_returning_bad_frames_is_named(request_, tmp_path):
@@ -213,6 +311,17 @@ def test_a_driver_returning_bad_frames_is_named(request_, tmp_path):
 
     with pytest.raises(SimgapError, match=r"bench .*Bad: capture returned frames of shape"):
         record(Bad(CFG, 0), request_, tmp_path / "set")
+    assert not (tmp_path / "set").exists()
+
+
+def test_a_driver_with_fewer_calibration_frames_than_asked_is_named(request_, tmp_path):
+    class OneDark(Recorder):
+        def dark(self):
+            return torch.zeros(1, 8, 8)
+
+    with pytest.raises(SimgapError, match=r"bench .*OneDark: dark\(\) returned 1 frame\(s\); "
+                                          r"the request asks for 3"):  # fmt: skip
+        record(OneDark(CFG, 0), request_, tmp_path / "set")
     assert not (tmp_path / "set").exists()
 
 

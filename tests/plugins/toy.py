@@ -45,3 +45,8 @@ def source(size: int, data_root=None, download: bool = True) -> ImageSet:
 def bad_source(size: int, data_root=None, download: bool = True) -> ImageSet:
     """A source that ignores ``size`` (simgap refuses it)."""
     return source(2 * size)
+
+
+def raising(*args, **kwargs):
+    """A plug-in that fails when called (any kind): its error must reach the user as one line."""
+    raise ValueError("toy plug-in refuses\nsecond line of the traceback text")

@@ -166,7 +166,7 @@ def test_a_driver_that_does_not_load_is_refused_before_anything_runs():
     from studies.config import validate_components
 
     config = parse_config({**TINY, "bench": {"kind": "driver", "driver": "nope_mod_q:Cam"}})
-    with pytest.raises(SimgapError, match="cfg.yaml: bench.driver: cannot import nope_mod_q"):
+    with pytest.raises(SimgapError, match="cfg.yaml: bench.driver: 'nope_mod_q:Cam' is neither"):
         validate_components(config, "cfg.yaml")
 
 
@@ -237,3 +237,46 @@ def test_cells_on_other_benches_run_while_exchange_cells_wait(tmp_path, env):
                                  "queued": 0, "failed": 0}  # fmt: skip
     assert [w["id"].startswith("none-s0-b1-") for w in summary["waiting"]] == [True]
     assert summary["failed"] == [] and summary["errors"] == {}
+
+
+def test_two_workers_write_one_capture_request(tmp_path):
+    """Two workers reach the same missing request at once: one writes it, both then wait for
+    the answer (the second used to fail the cell replacing the folder)."""
+    import threading
+    import time
+
+    from harness.data import load_source
+    from harness.lab.benches import CaptureRequest
+    from harness.lab.exchange import CapturesPending
+    from harness.lab.plans import capture_plan
+
+    config = parse_config({**TINY, "bench": {"kind": "exchange", "seeds": [0]}})
+    digits = load_source("digits", size=8)
+    plan = capture_plan(digits, {"pool": torch.arange(4), "val": torch.arange(4, 6),
+                                 "test": torch.arange(6, 8)})
+    ids = torch.as_tensor(plan["input_id"].to_numpy(copy=True))
+    made = []
+
+    def request():
+        made.append(1)
+        time.sleep(0.3)  # both workers are past the "no request yet" check meanwhile
+        return CaptureRequest(torch.zeros(2, 8, 8), config.optics, digits.images[ids], plan,
+                              list(digits.classes), {})
+
+    key = {"kind": "captures", "bench": 0, "sim": "x"}
+    outcomes = []
+
+    def worker():
+        try:
+            captures._answered(config, ArtifactCache(tmp_path / "cache"), key, "r-s0-b0-1",
+                               request, tmp_path)
+        except Exception as exc:  # noqa: BLE001 - recorded, checked below
+            outcomes.append(type(exc))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes == [CapturesPending, CapturesPending] and made == [1]
+    assert (tmp_path / "exchange" / "requests" / "r-s0-b0-1" / "request.json").is_file()

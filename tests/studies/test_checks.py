@@ -105,3 +105,21 @@ def test_good_config_passes_check(tmp_path, capsys):
     path.write_text(yaml.safe_dump({**SMALL, "model": model, "device": "cpu"}))
     assert main(["study", "check", str(path)]) == 0
     assert ": ok (tiny): 2 cells" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("override, field", [
+    ("seeds=[true,false]", "seeds[0]"),
+    ("data.split_seed=true", "data.split_seed"),
+    ("bench.also=[{preset: typical, seeds: [true]}]", "bench.also[0].seeds[0]"),
+])
+def test_boolean_seeds_given_by_set_are_refused(tmp_path, capsys, override, field):
+    """The seed check runs on the config after --set (and covers bench.also), not the file."""
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**SMALL, "bench": {"seeds": [0], "preset": "typical"}}))
+    out = tmp_path / "out"
+    codes = (main(["study", "check", str(path), "--set", override]),
+             main(["study", "run", str(path), "--out", str(out), "--set", override]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert codes == (2, 2) and len(err) == 2, err
+    assert all(f"{field}: a seed is an integer" in line for line in err), err
+    assert not out.exists()

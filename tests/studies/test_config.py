@@ -82,3 +82,39 @@ def test_tuned_policy_file_is_inlined(tmp_path):
     spec = config.policy("physics-tuned")
     assert (spec.name, spec.strengths, spec.lr, spec.file) == ("physics", {"defocus": 0.25},
                                                                0.002, None)
+
+
+def test_tuned_policy_keeps_its_tuning_provenance(tmp_path):
+    """The tuning block (labels tuning read, trials, protocol) stays in the spec and its hash."""
+    doc = {"name": "physics", "label": "physics-tuned", "strengths": {"defocus": 0.25},
+           "lr": 0.002, "tuning": {"protocol": "real-val", "real_labels": 40, "trials": 3}}
+    (tmp_path / "tuned.yaml").write_text(yaml.safe_dump(doc))
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump({k: v for k, v in doc.items()
+                                                         if k != "tuning"}))
+    tuned = parse_config({"policies": [{"file": "tuned.yaml"}]}, "s.yaml", tmp_path)
+    plain = parse_config({"policies": [{"file": "plain.yaml"}]}, "s.yaml", tmp_path)
+    record = tuned.policy("physics-tuned").tuning
+    assert (record.protocol, record.real_labels, record.trials) == ("real-val", 40, 3)
+    assert plain.policy("physics-tuned").tuning is None
+    assert tuned.hash() != plain.hash()
+    again = parse_config(tuned.model_dump(mode="json"), "config.yaml", tmp_path)
+    assert again.hash() == tuned.hash()  # a study folder's config.yaml reads back the same
+
+
+def test_old_study_folder_with_adapt_epochs_gets_a_hint(tmp_path, capsys):
+    """A study folder from before adapt.steps: one line naming the field and what to do."""
+    from harness.cli import main
+    from studies.storage import CONFIG_YAML
+    from tests.studies.tiny import study_of
+
+    handle = study_of(tmp_path, seeds=[0], methods=["finetune-head"])
+    path = handle.study_dir / CONFIG_YAML
+    old = yaml.safe_load(path.read_text())
+    old["adapt"] = {k: v for k, v in old["adapt"].items() if k not in ("steps", "evals")}
+    old["adapt"]["epochs"] = 3
+    path.write_text(yaml.safe_dump(old))
+    for command in ("status", "report"):
+        assert main(["study", command, str(handle.study_dir)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "adapt.epochs: replaced by adapt.steps" in err[0], err
+        assert "new --out" in err[0]

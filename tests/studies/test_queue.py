@@ -154,3 +154,52 @@ def test_optuna_is_within_the_tested_range():
     spec = next(Requirement(r) for r in project["dependencies"] if r.startswith("optuna"))
     assert any(s.operator == "<" for s in spec.specifier), "pin an upper bound on optuna"
     assert spec.specifier.contains(optuna.__version__)
+
+
+def _claim_number(handle, number: int) -> optuna.Trial:
+    """Claim the WAITING trial ``number`` (the atomic transition claim() uses)."""
+    frozen = next(t for t in handle.study.get_trials() if t.number == number)
+    assert handle.storage.set_trial_state_values(frozen._trial_id, TrialState.RUNNING)
+    return optuna.Trial(handle.study, frozen._trial_id)
+
+
+def test_two_waiting_trials_of_a_cell_run_it_once(tmp_path):
+    """A re-queue read by sync_grid between fail() and enqueue() left two WAITING trials of one
+    cell; the higher one is claimed first and runs while the lower one is claimed: the cell
+    completes exactly once."""
+    from studies import worker
+
+    handle = study_of(tmp_path, seeds=[0], methods=["finetune-head"])
+    cell = grid.grid_cells(handle.config)[0]
+    first = next(t.number for t in handle.study.get_trials() if t.user_attrs["cell"] == cell.id)
+    queue.enqueue(handle, [cell], {"retry_of": first})
+    second = max(t.number for t in handle.study.get_trials())
+    runs = []
+
+    def runner(h, c, run):
+        runs.append(c.id)
+        if len(runs) == 1:  # while the higher trial runs, another worker claims the lower one
+            time.sleep(0.01)
+            lower = _claim_number(handle, first)
+            assert not worker.run_trial(handle, lower, cell, runner, handle.tracking())
+        return {"real_test_acc": 0.5}
+
+    higher = _claim_number(handle, second)
+    time.sleep(0.01)
+    assert worker.run_trial(handle, higher, cell, runner, handle.tracking())
+    done = [t for t in handle.study.get_trials(states=(TrialState.COMPLETE,))
+            if t.user_attrs["cell"] == cell.id]
+    assert runs == [cell.id] and len(done) == 1
+
+
+def test_requeue_skips_a_cell_queued_meanwhile(tmp_path):
+    """A re-queue finds the cell already queued (sync_grid ran first): no second trial."""
+    handle = study_of(tmp_path, seeds=[0], methods=["finetune-head"])
+    trial = queue.claim(handle, None)
+    cell = trial.user_attrs["cell"]
+    assert queue.fail(handle.storage, trial._trial_id)
+    assert queue.sync_grid(handle) == 1  # what a sync_grid between fail() and enqueue() does
+    queue._requeue(handle, handle.storage.get_trial(trial._trial_id), "worker gone")
+    waiting = [t for t in handle.study.get_trials(states=(TrialState.WAITING,))
+               if t.user_attrs["cell"] == cell]
+    assert len(waiting) == 1

@@ -87,6 +87,17 @@ def test_export_password_moves_secrets_to_the_environment(monkeypatch):
     assert urls.export_password(None) is None
 
 
+def test_password_in_another_scheme_is_refused():
+    """Only postgres and http(s) passwords can move to the environment: any other would end up
+    on the workers' command lines."""
+    with pytest.raises(SimgapError) as info:
+        urls.export_password("mysql+pymysql://u:hunter2@db.lan/simgap")
+    message = str(info.value)
+    assert message.startswith("--storage / --tracking-uri: mysql+pymysql://u:***@")
+    assert "hunter2" not in message and "\n" not in message
+    assert urls.export_password("mysql+pymysql://u@db.lan/simgap") == "mysql+pymysql://u@db.lan/simgap"
+
+
 def test_storage_error_does_not_print_the_password():
     with pytest.raises(SimgapError) as info:
         storage.open_storage("postgresql://alice:hunter2@127.0.0.1:1/simgap")

@@ -11,13 +11,12 @@ import pandas as pd
 import pytest
 
 from studies.config import parse_config
+from studies.intervals import ci95, paired
 from studies.stats import (
-    ci95,
     comparisons,
     headline,
     needed_fraction,
     needed_summary,
-    paired,
     share,
     summarize,
 )
@@ -96,11 +95,98 @@ def test_paired_intervals_are_clipped_and_small_samples_flagged():
     assert s.loc[0, "mean"] + s.loc[0, "ci95"] > 1.0  # the clipping did something
 
 
-def test_constant_differences_get_a_p_value():
+def test_constant_differences_have_no_variance_and_no_p_value():
     index = pd.MultiIndex.from_tuples([(0, 0), (1, 0), (2, 0)], names=["seed", "bench"])
     got = paired(pd.Series([0.6, 0.7, 0.8], index=index),
                  pd.Series([0.5, 0.6, 0.7], index=index))  # d = 0.1 up to rounding
-    assert got["p"] == 0.0 and got["excludes_zero"] and got["t_lo"] == pytest.approx(0.1)
+    # no spread: no test and no interval can say anything, so nothing "excludes zero"
+    assert math.isnan(got["p"]) and got["no_variance"] and not got["excludes_zero"]
+    assert got["mean"] == pytest.approx(0.1)
+
+
+def _crossed(d, offset=0.5):
+    """(a, b) over seeds x benches whose differences a - b are the table ``d``."""
+    d = np.asarray(d, dtype=float)
+    index = pd.MultiIndex.from_product([range(d.shape[0]), range(d.shape[1])],
+                                       names=["seed", "bench"])
+    return pd.Series(d.ravel() + offset, index=index), pd.Series(offset, index=index)
+
+
+def _two_way_by_hand(d):
+    """Mean, variance of the mean, Satterthwaite df of a seed x bench table, written out: the
+    two-way ANOVA without replication, each variance component truncated at zero."""
+    s, b = d.shape
+    m, rows, cols = d.mean(), d.mean(axis=1), d.mean(axis=0)
+    ms_seed = b * ((rows - m) ** 2).sum() / (s - 1)
+    ms_bench = s * ((cols - m) ** 2).sum() / (b - 1)
+    ms_resid = ((d - rows[:, None] - cols[None, :] + m) ** 2).sum() / ((s - 1) * (b - 1))
+    return m, ms_seed, ms_bench, ms_resid
+
+
+def test_crossed_seeds_and_benches_match_the_two_way_anova_by_hand():
+    from scipy.stats import t
+
+    d = np.array([[0.10, 0.05, 0.12], [0.20, 0.18, 0.25], [0.02, 0.00, 0.09]])
+    m, ms_s, ms_b, ms_e = _two_way_by_hand(d)
+    assert ms_s > ms_e and ms_b > ms_e  # no component truncated on this table
+    var = (ms_s + ms_b - ms_e) / 9
+    df = (ms_s + ms_b - ms_e) ** 2 / (ms_s ** 2 / 2 + ms_b ** 2 / 2 + ms_e ** 2 / 4)
+    half = t.ppf(0.975, df) * math.sqrt(var)
+    got = paired(*_crossed(d), (0.0, 1.0))
+    assert (got["n"], got["n_seeds"], got["n_benches"]) == (9, 3, 3)
+    assert got["mean"] == pytest.approx(m) and got["df"] == pytest.approx(df)
+    assert (got["t_lo"], got["t_hi"]) == (pytest.approx(m - half), pytest.approx(m + half))
+    assert got["p"] == pytest.approx(2 * t.sf(m / math.sqrt(var), df))
+    # the 9 pairs taken as independent would claim a far narrower interval (df = 8)
+    naive = t.ppf(0.975, 8) * d.std(ddof=1) / 3
+    assert half > 2 * naive and df < 3
+    # a bench effect below the residual: its component is 0, the seeds alone carry the mean
+    d = np.array([[0.1, 0.12, 0.08], [0.2, 0.18, 0.22], [0.0, 0.03, 0.03]])
+    m, ms_s, ms_b, ms_e = _two_way_by_hand(d)
+    assert ms_b < ms_e < ms_s
+    got = paired(*_crossed(d))
+    half = t.ppf(0.975, 2) * math.sqrt(ms_s / 9)  # (ms_s + ms_e - ms_e) / 9 on S - 1 = 2 df
+    assert got["df"] == pytest.approx(2) and got["t_hi"] == pytest.approx(m + half)
+
+
+def test_table_intervals_over_seeds_and_benches_are_crossed_too():
+    from scipy.stats import t
+
+    d = np.array([[0.60, 0.55, 0.62], [0.70, 0.68, 0.75], [0.52, 0.50, 0.59]])
+    m, ms_s, ms_b, ms_e = _two_way_by_hand(d)
+    total = ms_s + ms_b - ms_e
+    df = total ** 2 / (ms_s ** 2 / 2 + ms_b ** 2 / 2 + ms_e ** 2 / 4)
+    half = t.ppf(0.975, df) * math.sqrt(total / 9)
+    frame = pd.DataFrame([{"g": 1, "seed": s, "bench": b, "real_test_acc": d[s, b]}
+                          for s in range(3) for b in range(3)])
+    got = summarize(frame, ["g"], "real_test_acc").iloc[0]
+    assert got["mean"] == pytest.approx(m) and got["n"] == 9
+    assert got["ci95"] == pytest.approx(half)
+    # with one bench: the ordinary t interval over the seeds
+    one = frame[frame["bench"] == 0]
+    assert summarize(one, ["g"], "real_test_acc").iloc[0]["ci95"] == pytest.approx(
+        ci95(d[:, 0])[1])
+
+
+def test_one_bench_or_one_seed_is_the_ordinary_paired_t_test():
+    from scipy.stats import ttest_1samp
+
+    d = np.array([0.1, 0.15, 0.05, 0.3])
+    ref = ttest_1samp(d, 0.0)
+    ci = ref.confidence_interval(0.95)
+    for table in (d[:, None], d[None, :]):  # 4 seeds x 1 bench, 1 seed x 4 benches
+        got = paired(*_crossed(table))
+        assert got["p"] == pytest.approx(ref.pvalue) and got["df"] == pytest.approx(3)
+        assert (got["t_lo"], got["t_hi"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
+
+
+def test_the_bootstrap_resamples_seeds_and_benches_independently():
+    # a pure seed effect: a resample of seeds alone drawing seed 0 three times (1/27 > 2.5 %)
+    # has mean 0; resampling the 9 pairs would almost never draw 9 pairs of seed 0
+    d = np.array([[0.0] * 3, [0.1] * 3, [0.2] * 3])
+    got = paired(*_crossed(d))
+    assert got["boot_lo"] == pytest.approx(0.0, abs=1e-9)
+    assert got["boot_hi"] == pytest.approx(0.2, abs=1e-9)
 
 
 def test_needed_fraction_on_a_log_axis():
@@ -113,6 +199,15 @@ def test_needed_fraction_on_a_log_axis():
     assert needed_fraction(f, m, 0.95) == (1.0, ">")  # never reached: not extrapolated
 
 
+def test_needed_fraction_skips_missing_points():
+    f = [0.0, 0.01, 0.1, 1.0]
+    # the 1 % point is missing: the crossing lies between 0 and 10 %, first reached at 10 %
+    assert needed_fraction(f, [0.4, math.nan, 0.6, 0.9], 0.55) == (0.1, "<")
+    value, rel = needed_fraction(f, [0.4, 0.5, math.nan, 0.9], 0.7)  # 1 % -> 100 % in log f
+    assert rel == "=" and value == pytest.approx(10 ** (-2 + (0.2 / 0.4) * 2))
+    assert needed_fraction(f, [math.nan] * 4, 0.5) == (1.0, ">")
+
+
 def test_needed_summary_is_a_median_with_a_bootstrap_interval():
     got = needed_summary([(0.02, "="), (0.05, "="), (0.1, "=")])
     # a resampled median is 0.02 when two or three draws are 0.02: 7/27 > 2.5 %
@@ -121,6 +216,22 @@ def test_needed_summary_is_a_median_with_a_bootstrap_interval():
     never = needed_summary([(1.0, ">"), (0.3, "="), (1.0, ">")])
     assert never["median"] == {"value": 1.0, "relation": ">"} and never["hi"]["relation"] == ">"
     assert needed_summary([])["median"] is None
+    # an even count: the lower of the two middle answers (documented), never an average that
+    # would mix a censored answer into a number
+    even = needed_summary([(0.02, "="), (0.05, "="), (0.1, "="), (0.2, "=")])
+    assert even["median"] == {"value": pytest.approx(0.05), "relation": "="}
+
+
+def test_needed_summary_bootstraps_seeds_and_benches_independently():
+    # 3 seeds x 20 benches, the answer set by the seed: resampling seeds draws seed 0 at least
+    # twice in 7/27 of the resamples (median in seed 0's cluster); resampling the 60 answers
+    # as if independent would almost never put 31 of them in that cluster
+    base = {0: 0.01, 1: 0.05, 2: 0.1}
+    pairs = [(s, b) for s in base for b in range(20)]
+    answers = [(base[s] * (1 + 0.001 * b), "=") for s, b in pairs]
+    got = needed_summary(answers, pairs=pairs)
+    assert got["lo"]["value"] < 0.02 and got["hi"]["value"] > 0.09
+    assert got["median"]["value"] == pytest.approx(0.05, rel=0.05)
 
 
 def test_baseline_needs_per_seed_on_the_fixed_table():
@@ -165,7 +276,32 @@ def test_shares_are_chance_corrected():
     assert head["reached"]["none/finetune-head"]["10%"]["mean"] == pytest.approx(0.5 / 0.7)
 
 
+def test_the_fraction_axis_counts_every_real_label_a_cell_used():
+    """Under ``real-val`` a positive cell also labels all of real val (40 in TINY): the axis
+    counts those labels too, not only the fraction's pool images."""
+    from studies.stats import fraction_axis
+
+    df = table_df(pool=150)
+    df["n_real_pool"] = df["n_real_train"]
+    df["n_real_labels"] = df["n_real_train"] + 40 * (df["fraction"] > 0)
+    axis = fraction_axis(df, config_of(selection={"adapt": "real-val"}))
+    assert list(axis["n_images"]) == [0, 55, 190]
+    assert list(axis["true_percent"]) == pytest.approx([0.0, 100 * 55 / 150, 100 * 190 / 150])
+    # a table from before the column existed: the pool count
+    axis = fraction_axis(df.drop(columns="n_real_labels"), config_of())
+    assert list(axis["n_images"]) == [0, 15, 150]
+
+
 def test_the_fraction_axis_holds_real_image_counts():
     axis = headline(table_df(pool=150), config_of(), "real_test_acc")["fraction_axis"]
     assert [(r["percent"], r["n_images"], r["true_percent"]) for r in axis] == [
         (0.0, 0, 0.0), (10.0, 15, 10.0), (100.0, 150, 100.0)]
+
+
+def test_a_table_with_holes_keeps_its_largest_complete_part():
+    index = pd.MultiIndex.from_tuples([(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)],
+                                      names=["seed", "bench"])
+    got = paired(pd.Series([0.5, 0.6, 0.7, 0.8, 0.9], index=index), pd.Series(0.1, index=index))
+    # seed 2 ran on bench 0 only: it is dropped, 2 seeds x 2 benches remain
+    assert (got["n"], got["n_seeds"], got["n_benches"]) == (4, 2, 2)
+    assert got["mean"] == pytest.approx(0.55)

@@ -54,3 +54,27 @@ def test_failed_cell_is_recorded_and_retried_by_the_next_run(tmp_path):
     assert queue.grid_summary(handle)["complete"] == len(cells)
     assert runs[broken] == 2 and set(runs.values()) == {1, 2}
     assert sum(runs.values()) == len(cells) + 1
+
+
+def test_labels_spent_by_tuning_are_charged_to_every_cell(tmp_path):
+    """A real-val-tuned policy read real labels: its cells count them, the 0 % cell included."""
+    import yaml
+
+    (tmp_path / "tuned.yaml").write_text(yaml.safe_dump(
+        {"name": "physics", "label": "physics-tuned", "strengths": {},
+         "tuning": {"protocol": "real-val", "real_labels": 40, "trials": 2}}))
+    from studies.config import parse_config
+    from tests.studies.tiny import TINY
+
+    data = {**TINY, "seeds": [0], "methods": ["finetune-head"], "fractions": [0, 0.1],
+            "policies": [{"file": "tuned.yaml"}], "training": {"epochs": 1, "batch_size": 16},
+            "report": {**TINY["report"], "baseline": "physics-tuned"}}
+    handle = worker.prepare_study(parse_config(data, "s.yaml", tmp_path), tmp_path / "study")
+    assert worker.work(handle) == 2
+    metrics = {t.user_attrs["cell"]: t.user_attrs["metrics"]
+               for t in handle.study.get_trials(states=(TrialState.COMPLETE,))}
+    assert all(m["n_real_labels_tuning"] == 40 for m in metrics.values())
+    for m in metrics.values():
+        assert m["n_real_labels"] == 40 + m["n_real_train"] + m["n_real_val"] + m[
+            "n_real_labels_extra"]
+    assert max(m["n_real_labels"] for m in metrics.values()) > 40  # the 10 % cell's own labels
