@@ -203,7 +203,8 @@ def run_cell(handle, cell: Cell, run) -> dict:
     adapted, metrics = _adapt(config, data, cell, model, real, run)
     metrics.update(_final_evaluation(config, data, cell, adapted, real, run))
     primary = config.primary_metric
-    run.log_metrics({f"curve/{primary}": metrics[primary]}, step=metrics["n_real_pool"])
+    # the x axis of the report: every real label the cell used (selection and tuning included)
+    run.log_metrics({f"curve/{primary}": metrics[primary]}, step=int(metrics["n_real_labels"]))
     log_cell_lineage(run, handle, cell, data, cap_dir,
                      config_hash(capture_key(config, cell.policy, cell.seed, cell.bench)), adapted)
     return {primary: metrics.pop(primary), **metrics}
