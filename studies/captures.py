@@ -50,12 +50,16 @@ def capture_key(config: StudyConfig, sim_hash: str, bench: int) -> dict:
 
 
 def capture_request(config: StudyConfig, data, masks: torch.Tensor, info: dict,
-                    bench: BenchConfig | None = None) -> CaptureRequest:  # fmt: skip
+                    bench: BenchConfig | None = None,
+                    only: tuple[str, ...] = ("pool", "val", "test")) -> CaptureRequest:  # fmt: skip
     """The real pool / val / test inputs of the study in capture order, shown with ``masks``,
-    with the calibration frames of ``bench`` (default: the first bench block)."""
+    with the calibration frames of ``bench`` (default: the first bench block).  ``only``
+    keeps the rows of those splits, at their capture indices of the full plan (an input's
+    frames are those of the full set)."""
     bench = bench or config.bench
     splits = {s: data.splits[s] for s in ("pool", "val", "test")}
     plan = capture_plan(data.images, splits)
+    plan = plan[plan["split"].isin(only)].reset_index(drop=True)
     ids = torch.as_tensor(plan["input_id"].to_numpy(copy=True), dtype=torch.long)
     info = {"source": data.images.source, "size": data.images.size, **info}
     return CaptureRequest(masks.detach().cpu().float(), config.optics, data.images.images[ids],
@@ -75,6 +79,15 @@ def exchange_folder(config: StudyConfig, study_dir: Path | None) -> Path:
     return Path(study_dir) / folder
 
 
+def bench_device(config: StudyConfig, bench: int):
+    """The bench (:mod:`harness.lab.benches`) of bench id ``bench`` of an emulated or driver
+    block."""
+    b = config.bench.of(bench)
+    if b.kind == "emulated":
+        return Emulated(config.optics, bench, b.preset, b.calibration)
+    return make_driver(b.driver, config.optics, bench, b.options)
+
+
 def capture_set(config: StudyConfig, cache: ArtifactCache, key: dict, label: str, seed: int,
                 request: Callable[[], CaptureRequest], study_dir: Path | None) -> Path:
     """The folder of the cached capture set ``key`` (sim model of ``label`` and ``seed``);
@@ -87,11 +100,7 @@ def capture_set(config: StudyConfig, cache: ArtifactCache, key: dict, label: str
 
     def build(tmp: Path) -> None:
         asked = request()
-        if b.kind == "emulated":
-            device = Emulated(config.optics, bench, b.preset, b.calibration)
-        else:
-            device = make_driver(b.driver, config.optics, bench, b.options)
-        record(device, asked, tmp / "set")
+        record(bench_device(config, bench), asked, tmp / "set")
 
     path, _ = cache.get_or_build("captures", key, build)
     return path / "set"

@@ -7,8 +7,10 @@ claims, by its selection protocol (``selection.adapt``):
 
 * a **policy** (its 0 % cell; a policy without strengths, ``none``, gets its sim lr alone):
   ``real-val`` (the study declares the real val set as an extra label cost) scores real val
-  accuracy of the model captured through the emulated bench of the tuned bench seed (only val
-  inputs are captured); any other protocol scores the best sim val accuracy (no real label);
+  accuracy of the model captured through the emulated bench of the tuned bench seed, the way
+  the cells capture (:mod:`studies.captures`): only the val inputs, each at its capture index
+  of the study's plan, so its frames are those a cell sees; any other protocol scores the best
+  sim val accuracy (no real label);
 * a **method** at ``--fraction`` (one of the study's fractions above 0): the method adapted on
   the reference policy's captures, scored on the protocol's selection data
   (``real-val-from-budget`` and ``last``: a held-out part of the fraction itself; ``sim-val``:
@@ -43,13 +45,11 @@ from baselines import get_method, hparams
 from harness.datasets import FrameData, ImageData
 from harness.errors import SimgapError
 from harness.files import write_json, write_text
-from harness.lab.bench import EmulatedBench
-from harness.lab.plans import capture_dataset, capture_plan
 from harness.lab.validate import read_capture_set
 from harness.metrics import accuracy
 from harness.models import load_model
 from harness.train import predict
-from studies import cells, queue, tracking
+from studies import captures, cells, queue, tracking
 from studies.cache import ArtifactCache
 from studies.config import PolicySpec, StudyConfig, config_hash
 from studies.grid import Cell
@@ -59,14 +59,20 @@ from studies.urls import in_folder, split_password
 log = logging.getLogger("simgap.studies")
 
 
-def _val_capture(config: StudyConfig, bench_seed: int):
-    """(bench, val ids in capture order, their capture indices) for the study's val inputs."""
-    data = cells.study_data(config)
-    plan = capture_plan(data.images, {"val": data.splits["val"]})
-    ids = torch.tensor(plan["input_id"].to_numpy(copy=True), dtype=torch.long)
-    index = torch.tensor(plan["capture_index"].to_numpy(copy=True), dtype=torch.long)
-    preset = config.bench.of(bench_seed).preset  # the bench block of the seed tuned on
-    return EmulatedBench(config.optics, bench_seed, preset), ids, index
+def _val_request(config: StudyConfig, masks: torch.Tensor, bench_seed: int):
+    """The capture request of the study's val inputs alone, at their capture indices of the
+    plan the cells capture (:func:`studies.captures.capture_request`): a val input's frames
+    are those a cell of the same (policy model, bench) sees."""
+    return captures.capture_request(config, cells.study_data(config), masks, {},
+                                    config.bench.of(bench_seed), only=("val",))  # fmt: skip
+
+
+def _val_frames(config: StudyConfig, bench, phase: torch.Tensor, bench_seed: int):
+    """(frames, labels) of the val inputs shown with ``phase`` on ``bench`` (in memory)."""
+    request = _val_request(config, phase, bench_seed)
+    index = torch.as_tensor(request.plan["capture_index"].to_numpy(copy=True), dtype=torch.long)
+    frames = bench.capture(phase.detach(), request.images, request.ids, capture_index=index)
+    return frames.cpu(), torch.as_tensor(request.plan["label"].to_numpy(copy=True))
 
 
 def _accuracy(model, frames: torch.Tensor, labels: torch.Tensor) -> float:
@@ -76,10 +82,8 @@ def _accuracy(model, frames: torch.Tensor, labels: torch.Tensor) -> float:
 
 def real_val_accuracy(config: StudyConfig, model, bench_seed: int, workdir: Path) -> float:
     """Capture the val inputs with ``model``'s mask, read them back, score the model."""
-    data = cells.study_data(config)
-    bench = EmulatedBench(config.optics, bench_seed, config.bench.of(bench_seed).preset)
-    capture_dataset(bench, model.encoder.phase.detach(), data.images, {"val": data.splits["val"]},
-                    workdir / "val-captures", progress=False)
+    request = _val_request(config, model.encoder.phase, bench_seed)
+    captures.record(captures.bench_device(config, bench_seed), request, workdir / "val-captures")
     val = read_capture_set(workdir / "val-captures", splits=["val"]).val
     return _accuracy(model, val.frames, val.labels)
 
@@ -135,9 +139,7 @@ def _policy_objective(config, policy: str, seed: int, bench_seed: int, tracker, 
     selection = config.selection.model_copy(update={"sim": "sim-val"})
     sim_config = config.model_copy(update={"selection": selection})
     if protocol == "real-val":
-        bench, ids, index = _val_capture(config, bench_seed)
-        data = cells.study_data(config)
-        val_images, val_labels = data.images.images[ids], data.images.labels[ids]
+        bench = captures.bench_device(config, bench_seed)
 
     def objective(trial: optuna.Trial) -> float:
         params = {name: param.suggest(trial, name) for name, param in space.items()}
@@ -148,10 +150,8 @@ def _policy_objective(config, policy: str, seed: int, bench_seed: int, tracker, 
 
         def report(model, epoch: int, metrics: dict) -> None:
             if protocol == "real-val":
-                with torch.no_grad():
-                    frames = bench.capture(model.encoder,
-                                           val_images.to(model.encoder.phase.device), index)
-                value = _accuracy(model, frames.cpu(), val_labels)
+                value = _accuracy(model, *_val_frames(config, bench, model.encoder.phase,
+                                                      bench_seed))  # fmt: skip
             else:
                 value = metrics["val_accuracy"]
             _report(trial, run, value, epoch, metrics)

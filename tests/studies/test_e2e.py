@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from baselines import hparams
 from harness.data.splits import nested_fractions
 from harness.datasets import RealSplits
+from harness.lab.benches import Emulated
 from studies import captures as study_captures
 from studies import cells as study_cells
 from studies import grid, queue, storage, tune
@@ -220,10 +221,15 @@ def test_tuning_never_reads_real_test(tmp_path, monkeypatch, env):
                            clean.images.source, clean.images.origin), clean.splits)
     monkeypatch.setattr(study_cells, "study_data", lambda _config: poisoned)
     seen = []
-    real_capture, real_read = tune.capture_dataset, tune.read_capture_set
-    real_record = study_captures.record
-    monkeypatch.setattr(tune, "capture_dataset",
-                        lambda *a, **k: seen.append(set(a[3])) or real_capture(*a, **k))
+    real_read, real_record = tune.read_capture_set, study_captures.record
+    real_emulated, split_of = Emulated.capture, {int(i): s for s, ids in clean.splits.items()
+                                                  if s in ("pool", "val", "test") for i in ids}
+
+    def capture(self, masks, images, ids, capture_index=None):  # every frame the bench makes
+        seen.append({split_of[int(i)] for i in ids})
+        return real_emulated(self, masks, images, ids, capture_index)
+
+    monkeypatch.setattr(Emulated, "capture", capture)
     monkeypatch.setattr(study_captures, "record", lambda bench, request, *a, **k: seen.append(
         set(request.plan["split"])) or real_record(bench, request, *a, **k))
     for module in (tune, study_cells):  # where the study code looks the functions up
@@ -253,9 +259,13 @@ def test_default_tuning_spends_no_real_label(tmp_path, monkeypatch, env):
     monkeypatch.setenv("SIMGAP_CACHE", env["SIMGAP_CACHE"])
     config = parse_config({**TINY, "seeds": [0], "methods": ["finetune-full", "siamese"]})
     seen = []
-    real_capture = tune.capture_dataset
-    monkeypatch.setattr(tune, "capture_dataset",
-                        lambda *a, **k: seen.append(set(a[3])) or real_capture(*a, **k))
+    real_capture = Emulated.capture
+
+    def capture(self, masks, images, ids, capture_index=None):  # every frame the bench makes
+        seen.append(ids)
+        return real_capture(self, masks, images, ids, capture_index)
+
+    monkeypatch.setattr(Emulated, "capture", capture)
     monkeypatch.setattr(RealSplits, "for_final_evaluation",
                         lambda self: pytest.fail("tuning asked for real test"))
     result = run_tuning(config, tmp_path / "policy", trials=2)

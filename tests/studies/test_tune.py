@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import yaml
 
 from harness.errors import SimgapError
+from harness.lab.validate import read_capture_set
 from studies.config import parse_config
 from studies.tune import run_tuning
 from tests.studies.tiny import TINY
@@ -45,16 +47,42 @@ def test_tuning_captures_on_the_bench_block_of_its_bench_seed(tmp_path, monkeypa
     from studies import tune
 
     presets = []
-    real = tune.EmulatedBench
+    real = tune.captures.Emulated
 
     def recording(optics, seed, preset, *args, **kwargs):
         presets.append((seed, preset))
         return real(optics, seed, preset, *args, **kwargs)
 
-    monkeypatch.setattr(tune, "EmulatedBench", recording)
+    monkeypatch.setattr(tune.captures, "Emulated", recording)
     config = parse_config({**FAST, "selection": {"adapt": "real-val"}, "bench": {
         "seeds": [0], "preset": "typical", "also": [{"seeds": [1], "preset": "mild"}]}})
     result = run_tuning(config, tmp_path / "tune", trials=1, policy="none", bench_seed=1)
     doc = yaml.safe_load(result["path"].read_text())
     assert presets and set(presets) == {(1, "mild")}
     assert doc["tuning"]["bench_preset"] == "mild" and doc["tuning"]["bench_seed"] == 1
+
+
+def test_tuner_val_frames_are_the_frames_a_cell_sees(tmp_path):
+    """The real-val objective captures a val input at its capture index of the study's plan:
+    its frame equals that input's frame in the capture set of a cell of the same (policy
+    model, bench seed), and only val inputs are captured."""
+    from studies import cells, tune
+    from studies.cache import ArtifactCache
+
+    config = parse_config({**FAST, "selection": {"adapt": "real-val"}})
+    cache = ArtifactCache(tmp_path / "cache")
+    model, _, _ = cells.sim_model(config, cache, "physics", 0)
+    cell_set = read_capture_set(cells.capture_set(config, cache, "physics", 0, 0, model))
+    val = torch.as_tensor(cell_set.splits == "val")
+    cell_frames = dict(zip(cell_set.input_ids[val].tolist(), cell_set.frames[val], strict=True))
+    tune.real_val_accuracy(config, model, 0, tmp_path / "tune")  # the trial's final score
+    tuned = read_capture_set(tmp_path / "tune" / "val-captures")
+    assert set(tuned.splits) == {"val"} and sorted(tuned.input_ids.tolist()) == sorted(cell_frames)
+    for input_id, frame in zip(tuned.input_ids.tolist(), tuned.frames, strict=True):
+        assert torch.equal(frame, cell_frames[input_id])
+    phase = model.encoder.phase  # the per-epoch score: the same frames, in memory
+    frames, labels = tune._val_frames(config, tune.captures.bench_device(config, 0), phase, 0)
+    ids = tune._val_request(config, phase, 0).ids.tolist()
+    assert sorted(ids) == sorted(cell_frames) and len(frames) == len(labels) == len(ids)
+    for input_id, frame in zip(ids, frames, strict=True):
+        torch.testing.assert_close(frame, cell_frames[input_id], rtol=0, atol=1e-6)
