@@ -1,4 +1,5 @@
 """The one atomic writer: readers see the old file (or folder) or the new one, never half of one.
+(Plus :func:`read_json_object`, the one reader of the JSON files simgap writes.)
 
 Every writer in simgap goes through these functions: a file is written to a temporary name in
 its own folder and renamed over the target (``os.replace`` is atomic within a file system); a
@@ -17,6 +18,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from harness.errors import SimgapError, one_line
 
 
 def _umask() -> int:
@@ -101,3 +104,15 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_json_object(path: str | Path) -> dict:
+    """The JSON object in ``path``; a one-line :class:`SimgapError` naming the file when it
+    cannot be read, is not JSON, or holds something other than an object."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SimgapError(f"{path}: not readable JSON ({one_line(exc, path)})") from None
+    if not isinstance(obj, dict):
+        raise SimgapError(f"{path}: must hold a JSON object")
+    return obj

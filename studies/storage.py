@@ -15,7 +15,6 @@ reads and writes only its own stores.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import optuna
 from filelock import FileLock
 
 from harness.errors import SimgapError
-from harness.files import write_json, write_text
+from harness.files import read_json_object, write_json, write_text
 from studies import tracking
 from studies.config import StudyConfig, load_config, parse_config
 from studies.grid import search_space
@@ -313,10 +312,7 @@ def _open_folder(path: Path, cache_dir, tracking_uri) -> StudyHandle:
     meta_path = path / STUDY_JSON
     if not meta_path.is_file():
         raise SimgapError(f"{path}: not a study folder (no {STUDY_JSON}); run `simgap study run`")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SimgapError(f"{meta_path}: invalid JSON ({exc.msg})") from None
+    meta = read_json_object(meta_path)
     config = load_config(path / CONFIG_YAML)
     home = path.resolve()
     meta = _moved_from_old_place(meta, home)

@@ -33,7 +33,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from harness.errors import SimgapError, one_line
-from harness.files import staged_dir, write_json, write_text
+from harness.files import read_json_object, staged_dir, write_json, write_text
 from harness.lab.bench import DISPLAY_BITS
 from harness.lab.benches import CaptureRequest, record
 from harness.lab.calibration import calibration_files
@@ -182,12 +182,7 @@ def _read_inputs(folder: Path, n: int) -> tuple[pd.DataFrame, np.ndarray]:
 
 def _request_json(folder: Path) -> dict:
     path = folder / REQUEST_JSON
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SimgapError(f"{path}: not a readable request ({one_line(exc)})") from None
-    if not isinstance(meta, dict):
-        raise SimgapError(f"{path}: not a request (a JSON object is expected)")
+    meta = read_json_object(path)
     for key, kind in _REQUEST_FIELDS.items():
         if key not in meta:
             raise SimgapError(f"{path}: no field '{key}' (written by simgap; write it again?)")

@@ -8,7 +8,6 @@ Also: pairing a capture set with the ``inputs.csv`` of ``simgap export-mask``.
 
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -18,6 +17,7 @@ import pandas as pd
 import torch
 
 from harness.errors import SimgapError, one_line
+from harness.files import read_json_object
 from harness.lab.calibration import read_calibration
 from harness.lab.captures import BENCH_JSON, COLUMNS, MANIFEST, MASK_NPZ, SPLITS, CaptureSet
 from harness.lab.frames import load_frames
@@ -136,12 +136,7 @@ def _read_bench(root: Path) -> tuple[dict, dict]:
     path = root / BENCH_JSON
     if not path.is_file():
         raise SimgapError(f"{path}: not found")
-    try:
-        bench = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SimgapError(f"{path}: not valid JSON ({one_line(exc)})") from None
-    if not isinstance(bench, dict):
-        raise SimgapError(f"{path}: must hold a JSON object")
+    bench = read_json_object(path)
     capture = bench.get("capture")
     if not isinstance(capture, dict):
         raise SimgapError(f"{path}: missing the 'capture' object (with 'classes')")

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from harness.errors import SimgapError
-from harness.files import atomic_write, staged_dir, write_text
+from harness.files import atomic_write, read_json_object, staged_dir, write_text
 from harness.optics.functional import TWO_PI
 from harness.optics.params import OpticsConfig
 
@@ -156,12 +156,7 @@ def load_mask(path: str | Path) -> tuple[torch.Tensor, dict | None]:
             f"{npz}: 'phase' must be a finite (k, N, N) array, got {tuple(phase.shape)}"
         )
     meta_path = npz.parent / "optics.json"
-    meta = None
-    if meta_path.exists():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise SimgapError(f"{meta_path}: invalid JSON ({exc.msg})") from None
+    meta = read_json_object(meta_path) if meta_path.exists() else None
     return phase, meta
 
 
